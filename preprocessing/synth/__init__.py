@@ -1,0 +1,1 @@
+"""Synthetic cohort written in MIMIC's own file formats and layouts."""

@@ -1,0 +1,1 @@
+"""symile_clinical."""

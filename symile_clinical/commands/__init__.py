@@ -1,0 +1,1 @@
+"""Subcommand registrations: argparse only, heavy imports happen when a command runs."""
