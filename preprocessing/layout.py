@@ -3,7 +3,8 @@
 Defined once and shared by the readers (preprocessing) and the synthetic writer, so that
 the synthetic cohort is laid out exactly as PhysioNet publishes:
 
-- MIMIC-IV (hosp module):  ``<root>/mimic-iv/hosp/{patients,admissions,labevents,d_labitems}.csv.gz``
+- MIMIC-IV (hosp module):  ``<root>/mimic-iv/hosp/`` with patients, admissions, labevents
+                           and d_labitems as ``.csv.gz``
 - MIMIC-IV-ECG:            ``<root>/mimic-iv-ecg/record_list.csv`` and WFDB records at
                            ``files/p1000/p10000032/s40689238/40689238.{hea,dat}``
 - MIMIC-CXR (DICOM):       ``<root>/mimic-cxr/{cxr-record-list,mimic-cxr-2.0.0-metadata}.csv.gz``
