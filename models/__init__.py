@@ -1,1 +1,24 @@
-"""models."""
+"""Encoders for ECG, labs and chest X-ray, and the Symile model that joins them."""
+
+from models.cxr_encoder import CXREncoder, CXRWeightsError
+from models.ecg_encoder import ECGEncoder
+from models.labs_encoder import LabsEncoder
+from models.symile_model import (
+    LOGIT_SCALE_INIT,
+    LOGIT_SCALE_MAX,
+    ModelConfig,
+    SymileModel,
+    build_model,
+)
+
+__all__ = [
+    "LOGIT_SCALE_INIT",
+    "LOGIT_SCALE_MAX",
+    "CXREncoder",
+    "CXRWeightsError",
+    "ECGEncoder",
+    "LabsEncoder",
+    "ModelConfig",
+    "SymileModel",
+    "build_model",
+]

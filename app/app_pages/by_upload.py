@@ -1,0 +1,101 @@
+"""Query by upload: a WFDB ECG record and a labs CSV (or typed lab values) from the user."""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from app import views
+from app.queries import Query, labs_table
+from app.uploads import (
+    MAX_UPLOAD_MB,
+    UploadedEcg,
+    UploadError,
+    lab_inputs,
+    read_ecg_upload,
+    read_labs_csv,
+)
+
+
+@st.cache_data(max_entries=8, show_spinner="Reading the ECG record ...")
+def parse_ecg(files: tuple[tuple[str, bytes], ...], normalisation: str) -> UploadedEcg:
+    """Parse once per distinct upload: paging or editing labs does not re-read the record."""
+    return read_ecg_upload(list(files), normalisation)
+
+
+def lab_key(spec: dict) -> str:
+    """Session-state key of a lab's input box."""
+    return f"lab_{int(spec['itemid'])}"
+
+
+context = views.current_context()
+st.title("Query by upload")
+st.caption(
+    "Upload a 12-lead ECG (WFDB) and the admission labs; they go through the dataset's own "
+    f"preprocessing and the model. Files up to {MAX_UPLOAD_MB} MB are parsed in a temporary "
+    "folder and not kept."
+)
+ecg_uploads = st.file_uploader(
+    "ECG record: the .hea header with its .dat signal file, or a .zip of them",
+    accept_multiple_files=True,
+    key="ecg_upload",
+)
+labs_upload = st.file_uploader(
+    "Labs CSV: columns `itemid` or `label`, and `value` (empty value = missing)",
+    key="labs_upload",
+)
+
+for spec in context.labs_spec:
+    st.session_state.setdefault(lab_key(spec), None)
+if labs_upload is not None:
+    try:
+        csv_values = read_labs_csv(labs_upload.name, labs_upload.getvalue(), context.labs_spec)
+    except UploadError as error:
+        st.error(f"Labs CSV refused: {error.name}: {error.reason}")
+    else:
+        # A new CSV fills the form once; edits made afterwards are kept.
+        if st.session_state.get("labs_applied") != labs_upload.file_id:
+            for spec in context.labs_spec:
+                st.session_state[lab_key(spec)] = csv_values.get(int(spec["itemid"]))
+            st.session_state["labs_applied"] = labs_upload.file_id
+        st.success(f"{len(csv_values)} lab values read from {labs_upload.name}.")
+
+with st.expander("Lab values: enter or edit, leave empty for missing"):
+    columns = st.columns(3)
+    for i, spec in enumerate(context.labs_spec):
+        with columns[i % 3]:
+            st.number_input(
+                f"{spec['label']} ({spec.get('unit', '')})", key=lab_key(spec), format="%g"
+            )
+
+if not ecg_uploads:
+    st.info("Upload an ECG record to search the candidate CXRs.")
+    st.stop()
+files = tuple((f.name, f.getvalue()) for f in ecg_uploads)
+try:
+    ecg = parse_ecg(files, context.dataset["ecg"]["normalisation"])
+except UploadError as error:
+    st.error(f"ECG refused: {error.name}: {error.reason}")
+    st.stop()
+
+values = {int(spec["itemid"]): st.session_state[lab_key(spec)] for spec in context.labs_spec}
+raw, percentiles, observed = lab_inputs(values, context.labs_spec)
+query = Query(ecg=ecg.normalised, labs=percentiles, observed=observed)
+k = st.slider("k (results shown)", 1, min(50, len(context.index)), min(10, len(context.index)))
+ranking = views.rank_with(context, query, k, pool=None, true_position=None)
+st.subheader(f"Top candidates among {len(context.index)} CXRs")
+views.show_ranking(context, ranking, key="upload", page_size=k)
+if context.comparisons:
+    st.subheader("Symile vs CLIP")
+    rankings = [ranking] + [views.rank_with(o, query, k, None, None) for o in context.comparisons]
+    views.show_side_by_side([context, *context.comparisons], rankings, "upload_compare", k)
+views.show_lab_effects(context, query, ranking, key="upload")
+
+ecg_tab, labs_tab = st.tabs(["12-lead ECG", "Labs"])
+with ecg_tab:
+    views.show_ecg(ecg.millivolts, context.dataset["ecg"]["sampling_hz"], "mV")
+with labs_tab:
+    st.dataframe(
+        labs_table(context.labs_spec, percentiles, observed, values=np.nan_to_num(raw)),
+        hide_index=True,
+    )

@@ -1,0 +1,144 @@
+"""`symile-clinical app` (serve the Streamlit app for a run) and `symile-clinical demo`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8501
+
+
+def _add_serve_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it)",
+    )
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default 8501)")
+
+
+def register_app(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `app` subcommand."""
+    parser = subparsers.add_parser(
+        "app",
+        help="serve the web app for a trained run (query by admission or by upload)",
+        description=(
+            "Serve the Streamlit app for RUN: query by test admission or by an uploaded WFDB "
+            "ECG and labs CSV, see the ranked candidate CXRs, what drives each match, Symile "
+            "vs CLIP when RUN/compare.json names a comparison run, and the evaluation report. "
+            "The candidate index is built (or rebuilt when stale) on first use."
+        ),
+    )
+    parser.add_argument(
+        "--run", dest="run_dir", type=Path, required=True, help="run directory (from `train`)"
+    )
+    _add_serve_options(parser)
+    parser.set_defaults(run=run_app)
+
+
+def register_demo(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `demo` subcommand."""
+    parser = subparsers.add_parser(
+        "demo",
+        help="synthesise, preprocess, train Symile and CLIP, evaluate, index, serve the app",
+        description=(
+            "The whole job on a fresh machine: a synthetic cohort in MIMIC's formats "
+            "(OUT/mimic), the dataset (OUT/dataset), Symile and CLIP runs (OUT/runs/symile, "
+            "OUT/runs/clip) with the comparison report and candidate indexes, then the app. "
+            "Steps whose output is current are skipped, so a second run starts the app at once."
+        ),
+    )
+    parser.add_argument("--out", type=Path, default=Path("demo-data"), help="output folder")
+    parser.add_argument("--admissions", type=int, default=2000, help="synthetic admissions")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--joint-fraction",
+        type=float,
+        default=0.5,
+        help="share of CXR findings carried only by ECG and labs jointly (see `synth`)",
+    )
+    parser.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 1))
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    parser.add_argument("--no-serve", action="store_true", help="stop before serving the app")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_serve_options(parser)
+    parser.set_defaults(run=run_demo_command)
+
+
+def serve(run_dir: Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> int:
+    """Replace this process with `streamlit run app/streamlit_app.py -- --run RUN`.
+
+    exec rather than a child process: Ctrl-C and SIGTERM reach the server itself, and the
+    memory of whatever ran before (the demo's training) is given back.
+    """
+    import sys
+
+    entry = Path(__file__).resolve().parent / "streamlit_app.py"
+    command = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(entry),
+        f"--server.address={host}",
+        f"--server.port={port}",
+        "--server.headless=true",
+        "--browser.gatherUsageStats=false",
+        "--server.fileWatcherType=none",
+        # MB; files between the app's own 20 MB limit and this get the app's message.
+        "--server.maxUploadSize=25",
+        "--",
+        "--run",
+        str(Path(run_dir).resolve()),
+    ]
+    print(f"symile-clinical app: serving {run_dir} at http://{host}:{port}", flush=True)  # noqa: T201
+    sys.stderr.flush()
+    os.execv(sys.executable, command)
+    return 0  # not reached
+
+
+def run_app(args: argparse.Namespace) -> int:
+    """Serve the app for --run."""
+    import logging
+
+    if not (args.run_dir / "config.json").is_file():
+        logging.getLogger(__name__).error(
+            "app: %s is not a training run (no config.json)", args.run_dir
+        )
+        return 1
+    return serve(args.run_dir, args.host, args.port)
+
+
+def run_demo_command(args: argparse.Namespace) -> int:
+    """Build (or keep) everything the demo needs, then serve the app unless --no-serve."""
+    import logging
+
+    from app.demo import DemoConfig, run_demo
+    from preprocessing.errors import PreprocessError
+
+    config = DemoConfig(
+        out=args.out,
+        admissions=args.admissions,
+        seed=args.seed,
+        joint_fraction=args.joint_fraction,
+        workers=args.workers,
+        n_bootstrap=args.bootstrap,
+        progress=not args.no_progress,
+    )
+    log = logging.getLogger(__name__)
+    try:
+        result = run_demo(config)
+    except (PreprocessError, ValueError, OSError) as error:
+        log.error("demo: %s", error)
+        return 1
+    log.info(
+        "demo ready in %.0f s (ran: %s); report: %s",
+        result.seconds,
+        ", ".join(result.ran) or "nothing, all current",
+        result.symile_run / "report" / "report.md",
+    )
+    if args.no_serve:
+        return 0
+    return serve(result.symile_run, args.host, args.port)

@@ -1,0 +1,218 @@
+"""`symile-clinical demo`: the whole main job on a fresh machine, in-process.
+
+Steps, each skipped when its output is already there and current:
+
+1. synthesise the demo cohort           OUT/mimic/       (preprocessing.synth.generate_cohort)
+2. preprocess it                        OUT/dataset/     (preprocessing.pipeline.run_preprocess)
+3. train Symile and pairwise CLIP       OUT/runs/symile/, OUT/runs/clip/ (symile_clinical.train)
+4. evaluate Symile with CLIP compared   OUT/runs/symile/report/ (symile_clinical.evaluate)
+5. build each run's candidate index     OUT/runs/*/index/ (symile_clinical.index)
+6. name CLIP as Symile's comparison     OUT/runs/symile/compare.json
+
+"Current" is decided by a stamp per step in OUT/.demo/<step>.json holding the inputs that
+determine the step's output (its settings and the sha256 of the files it reads); a step
+whose stamp differs runs again. Preprocessing and indexing also check themselves (a
+dataset built with other settings is refused; an index of another checkpoint is rebuilt).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from app.run_context import write_comparisons
+from symile_clinical.checkpoint import file_sha256
+
+log = logging.getLogger(__name__)
+
+STAMP_DIR = ".demo"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """What `symile-clinical demo` builds; defaults are the demo the README describes."""
+
+    out: Path = Path("demo-data")
+    admissions: int = 2000
+    seed: int = 0
+    joint_fraction: float = 0.5
+    cxr_max_size: int = 256  # synthetic DICOM side (px); real ones are 1k-3k
+    cxr_size: int = 64  # preprocessed CXR side, the demo model's input
+    workers: int = max(1, os.cpu_count() or 1)
+    train_preset: str = "demo"
+    epochs: int | None = None  # None: the preset's
+    max_steps: int | None = None  # None: the preset's (all epochs)
+    n_bootstrap: int = 1000
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """Where the demo put things, and which steps ran (the others were current)."""
+
+    mimic_root: Path
+    dataset: Path
+    symile_run: Path
+    clip_run: Path
+    ran: tuple[str, ...]
+    seconds: float
+
+
+def _write_json_atomic(path: Path, values: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
+        json.dump(values, tmp, indent=2, sort_keys=True, default=str)
+    os.replace(tmp.name, path)
+
+
+class _Steps:
+    """Runs each step unless its stamp (the inputs it was last run with) still matches."""
+
+    def __init__(self, out: Path) -> None:
+        self.folder = out / STAMP_DIR
+        self.ran: list[str] = []
+
+    def run(
+        self, name: str, inputs: dict[str, Any], output: Path, step: Callable[[], object]
+    ) -> None:
+        """Run `step` unless `output` exists and OUT/.demo/<name>.json holds `inputs`."""
+        stamp = self.folder / f"{name}.json"
+        expected = json.loads(json.dumps(inputs, sort_keys=True, default=str))
+        if output.exists() and stamp.exists() and json.loads(stamp.read_text()) == expected:
+            log.info("demo: %s is current, skipped", name)
+            return
+        stamp.unlink(missing_ok=True)  # a step that fails half-way is not current
+        log.info("demo: %s ...", name)
+        tick = time.perf_counter()
+        step()
+        _write_json_atomic(stamp, expected)
+        self.ran.append(name)
+        log.info("demo: %s done in %.1f s", name, time.perf_counter() - tick)
+
+
+def _train_config(config: DemoConfig, objective: str):
+    from symile_clinical.config import config_from_dict, load_config
+
+    overrides: dict[str, Any] = {"objective": objective, "seed": config.seed, "device": "cpu"}
+    if config.epochs is not None:
+        overrides["epochs"] = config.epochs
+    if config.max_steps is not None:
+        overrides["max_steps"] = config.max_steps
+    return config_from_dict(overrides, source="demo", base=load_config(config.train_preset))
+
+
+def _train(train_config: Any, dataset: Path, run_dir: Path, progress: bool) -> None:
+    """Train from scratch: a run left by an earlier, different or killed demo is replaced."""
+    import shutil
+
+    from symile_clinical.train import train
+
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    train(train_config, dataset, run_dir, progress=progress)
+
+
+def run_demo(config: DemoConfig) -> DemoResult:
+    """Synthesise, preprocess, train Symile and CLIP, evaluate, index; skip what is current."""
+    from preprocessing.pipeline import PreprocessConfig, run_preprocess
+    from preprocessing.synth.config import SynthConfig
+    from preprocessing.synth.generate import generate_cohort
+    from symile_clinical.config import config_to_dict
+    from symile_clinical.evaluate import EvaluateConfig, evaluate
+    from symile_clinical.index import IndexConfig, ensure_index
+    from symile_clinical.runs import load_run
+
+    start = time.perf_counter()
+    out = Path(config.out)
+    mimic, dataset = out / "mimic", out / "dataset"
+    symile_run, clip_run = out / "runs" / "symile", out / "runs" / "clip"
+    steps = _Steps(out)
+
+    synth = SynthConfig(
+        out=mimic,
+        admissions=config.admissions,
+        seed=config.seed,
+        joint_fraction=config.joint_fraction,
+        workers=config.workers,
+        cxr_max_size=config.cxr_max_size,
+        progress=config.progress,
+    )
+    synth_inputs = {
+        k: v for k, v in dataclasses.asdict(synth).items() if k not in ("workers", "progress")
+    }
+    steps.run("synth", synth_inputs, mimic / "synth.json", lambda: generate_cohort(synth))
+
+    preprocess = PreprocessConfig(
+        mimic_root=mimic,
+        out=dataset,
+        workers=config.workers,
+        cxr_size=config.cxr_size,
+        seed=config.seed,
+        progress=config.progress,
+    )
+
+    def preprocess_step() -> None:
+        import shutil
+
+        # A dataset of an earlier cohort is refused by run_preprocess: start it afresh.
+        if dataset.exists():
+            shutil.rmtree(dataset)
+        run_preprocess(preprocess)
+
+    preprocess_inputs = {"synth": synth_inputs, "fingerprint": preprocess.fingerprint()}
+    steps.run("preprocess", preprocess_inputs, dataset / "dataset.json", preprocess_step)
+    dataset_sha = file_sha256(dataset / "dataset.json")
+
+    for objective, run_dir in (("symile", symile_run), ("clip", clip_run)):
+        train_config = _train_config(config, objective)
+        inputs = {"dataset": dataset_sha, "config": config_to_dict(train_config)}
+        steps.run(
+            f"train-{objective}",
+            inputs,
+            run_dir / "checkpoints" / "last.pt",
+            lambda c=train_config, r=run_dir: _train(c, dataset, r, config.progress),
+        )
+
+    checkpoints = {
+        name: file_sha256(load_run_checkpoint(run))
+        for name, run in (("symile", symile_run), ("clip", clip_run))
+    }
+    evaluate_config = EvaluateConfig(
+        run_dir=symile_run,
+        data_dir=dataset,
+        compare=(clip_run,),
+        n_bootstrap=config.n_bootstrap,
+        seed=config.seed,
+    )
+    steps.run(
+        "evaluate",
+        {"checkpoints": checkpoints, "n_bootstrap": config.n_bootstrap, "dataset": dataset_sha},
+        symile_run / "report" / "metrics.json",
+        lambda: evaluate(evaluate_config),
+    )
+
+    for run_dir in (symile_run, clip_run):
+        _, rebuilt = ensure_index(
+            load_run(run_dir), IndexConfig(run_dir=run_dir, data_dir=dataset), config.progress
+        )
+        if rebuilt:
+            steps.ran.append(f"index-{run_dir.name}")
+    write_comparisons(symile_run, [("CLIP", clip_run)])
+    return DemoResult(
+        mimic, dataset, symile_run, clip_run, tuple(steps.ran), time.perf_counter() - start
+    )
+
+
+def load_run_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint file the app and evaluation load for a run ("best", else "last")."""
+    from symile_clinical.runs import checkpoint_file
+
+    return checkpoint_file(run_dir, "best")

@@ -1,0 +1,181 @@
+"""A query (ECG + labs) through the model into a ranking of candidate CXRs, and what drives it.
+
+Pure functions of arrays and a loaded model: the Streamlit pages only display their results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from symile_clinical.index import CandidateIndex, query_vectors, top_k_sorted
+
+
+@dataclass(frozen=True)
+class Query:
+    """One admission's model inputs: ecg float32 [12, T] (normalised as the dataset),
+    labs float32 [L] percentiles (missing filled), observed float32 [L] (1 = observed)."""
+
+    ecg: np.ndarray
+    labs: np.ndarray
+    observed: np.ndarray
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """Top-k of a pool: index positions, scores and softmax probabilities over the pool."""
+
+    positions: np.ndarray  # int64 [k]
+    scores: np.ndarray  # float32 [k]
+    probabilities: np.ndarray  # float32 [k], softmax over the whole pool
+    pool_size: int
+    true_position: int | None = None
+    true_rank: int | None = None  # 1-based rank of the true CXR in the pool
+    true_score: float | None = None
+    true_probability: float | None = None
+
+
+def embed_query(model: Any, query: Query) -> tuple[np.ndarray, np.ndarray]:
+    """(ecg embedding [d], labs embedding [d]) float32 from a SymileModel in eval mode."""
+    with torch.inference_mode():
+        # np.array copies: memmapped rows are read-only and torch wants writable memory.
+        ecg = torch.from_numpy(np.array(query.ecg, np.float32))[None]
+        labs = torch.from_numpy(np.array(query.labs, np.float32))[None]
+        observed = torch.from_numpy(np.array(query.observed, np.float32))[None]
+        ecg_emb = model.encode_ecg(ecg)[0].float().numpy()
+        labs_emb = model.encode_labs(labs, observed)[0].float().numpy()
+    return ecg_emb, labs_emb
+
+
+def rank_candidates(
+    index: CandidateIndex,
+    objective: str,
+    logit_scale: float,
+    ecg_emb: np.ndarray,
+    labs_emb: np.ndarray,
+    k: int,
+    pool: np.ndarray | None = None,
+    true_position: int | None = None,
+) -> Ranking:
+    """Rank a pool (index positions; None = the whole index) for one query; best first.
+
+    Probabilities are the softmax of logit_scale * score over the whole pool, the
+    distribution the contrastive objective trains. Ties go to the lower position.
+    """
+    query = query_vectors(ecg_emb[None], labs_emb[None], objective)[0]
+    if pool is None:  # no fancy-indexed copy of a large index
+        positions = np.arange(len(index), dtype=np.int64)
+        scores = index.embeddings @ query  # [N]
+    else:
+        positions = np.asarray(pool, np.int64)
+        scores = index.embeddings[positions] @ query  # [P]
+    top_positions, top_scores = top_k_sorted(scores, positions, k)
+    logits = logit_scale * scores.astype(np.float64)
+    log_normaliser = logits.max() + np.log(np.exp(logits - logits.max()).sum())
+    ranking: dict[str, Any] = dict(
+        positions=top_positions,
+        scores=top_scores.astype(np.float32),
+        probabilities=np.exp(logit_scale * top_scores - log_normaliser).astype(np.float32),
+        pool_size=len(positions),
+    )
+    where = np.flatnonzero(positions == true_position) if true_position is not None else []
+    if len(where):
+        true_score = scores[where[0]]
+        ahead = (scores > true_score) | ((scores == true_score) & (positions < true_position))
+        ranking.update(
+            true_position=int(true_position),
+            true_rank=int(ahead.sum()) + 1,
+            true_score=float(true_score),
+            true_probability=float(np.exp(logit_scale * true_score - log_normaliser)),
+        )
+    return Ranking(**ranking)
+
+
+def lab_effects(
+    model: Any,
+    objective: str,
+    query: Query,
+    candidate_embedding: np.ndarray,
+    fill: np.ndarray,
+    labels: Sequence[str],
+    top: int = 5,
+) -> pd.DataFrame:
+    """How a candidate's score changes when each observed lab is masked (made missing).
+
+    Masking sets the lab's observed flag to 0 and its percentile to the fill value, exactly
+    as a missing lab is presented in training. Columns: lab, percentile, score_change
+    (masked minus full: negative = the lab supported this match); the `top` largest
+    |score_change| first.
+    """
+    observed_idx = np.flatnonzero(np.asarray(query.observed) > 0)
+    columns = ["lab", "percentile", "score_change"]
+    if len(observed_idx) == 0:
+        return pd.DataFrame(columns=columns)
+    n = len(observed_idx)
+    labs = np.repeat(np.asarray(query.labs, np.float32)[None], n + 1, axis=0)
+    observed = np.repeat(np.asarray(query.observed, np.float32)[None], n + 1, axis=0)
+    variants = np.arange(1, n + 1)
+    labs[variants, observed_idx] = fill[observed_idx]
+    observed[variants, observed_idx] = 0.0
+    with torch.inference_mode():
+        ecg = torch.from_numpy(np.array(query.ecg, np.float32))[None]
+        ecg_emb = model.encode_ecg(ecg).float().numpy()
+        labs_emb = model.encode_labs(torch.from_numpy(labs), torch.from_numpy(observed))
+        labs_emb = labs_emb.float().numpy()
+    queries = query_vectors(np.repeat(ecg_emb, n + 1, axis=0), labs_emb, objective)
+    scores = queries @ np.asarray(candidate_embedding, np.float32)
+    table = pd.DataFrame(
+        {
+            "lab": [labels[i] for i in observed_idx],
+            "percentile": np.asarray(query.labs)[observed_idx].astype(float),
+            "score_change": (scores[1:] - scores[0]).astype(float),
+        }
+    )
+    return table.reindex(table["score_change"].abs().sort_values(ascending=False).index).head(top)
+
+
+def approximate_value(percentile: float, cdf_values: Sequence[float]) -> float:
+    """The training value at a percentile (inverse of the mid-rank empirical CDF)."""
+    values = np.asarray(cdf_values, dtype=np.float64)
+    if len(values) == 0:
+        return float("nan")
+    grid = (np.arange(len(values)) + 0.5) / len(values)
+    return float(np.interp(percentile, grid, values))
+
+
+def labs_table(
+    labs_spec: Sequence[dict[str, Any]],
+    labs: np.ndarray,
+    observed: np.ndarray,
+    values: np.ndarray | None = None,
+) -> pd.DataFrame:
+    """One row per lab: label, unit, value, percentile, observed/missing.
+
+    `values` are raw values when known (uploads); otherwise the value is read back from the
+    training CDF at the stored percentile (marked ≈).
+    """
+    rows = []
+    for i, spec in enumerate(labs_spec):
+        seen = bool(observed[i] > 0)
+        if not seen:
+            value = ""
+        elif values is not None:
+            value = f"{values[i]:g}"
+        else:
+            value = f"≈ {approximate_value(float(labs[i]), spec['cdf_values']):.3g}"
+        rows.append(
+            {
+                "lab": spec["label"],
+                "itemid": int(spec["itemid"]),
+                "unit": spec.get("unit", ""),
+                "value": value,
+                "percentile": round(float(labs[i]), 3) if seen else None,
+                "status": "observed" if seen else "missing",
+            }
+        )
+    return pd.DataFrame(rows)

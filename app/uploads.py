@@ -1,0 +1,248 @@
+"""Uploaded ECG records and lab panels into model inputs, through the dataset's preprocessing.
+
+Uploads are written only into a tempfile.TemporaryDirectory (wfdb reads from files) that
+is removed when parsing ends; nothing else touches the disk and nothing of their content
+is logged. Every refusal is an UploadError naming the file and the reason, in words a
+user can act on.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import tempfile
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from preprocessing.ecg import load_ecg_record, normalise_ecg
+from preprocessing.errors import InvalidRecord
+from preprocessing.labs import percentiles_from_cdf
+
+log = logging.getLogger(__name__)
+
+MAX_UPLOAD_MB = 20
+MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 1024 * 1024
+WFDB_SUFFIXES = (".hea", ".dat", ".mat")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+class UploadError(Exception):
+    """An upload the app refuses: the file's name and what is wrong with it."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"{name}: {reason}")
+        self.name = name
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class UploadedEcg:
+    """A parsed record: millivolts for display, normalised as the dataset for the model."""
+
+    name: str
+    millivolts: np.ndarray  # float32 [12, 5000] mV, leads I II III aVR aVL aVF V1-V6
+    normalised: np.ndarray  # float32 [12, 5000], dataset.json's normalisation
+
+
+def check_size(name: str, data: bytes, limit: int = MAX_UPLOAD_BYTES) -> None:
+    """Refuse a file over the size limit."""
+    if len(data) > limit:
+        raise UploadError(
+            name, f"{len(data) / 2**20:.1f} MB is over the {limit / 2**20:.0f} MB upload limit"
+        )
+
+
+def _safe_name(name: str) -> str:
+    base = Path(name.replace("\\", "/")).name
+    if not _SAFE_NAME.match(base):
+        raise UploadError(name, "file names may use letters, digits, '.', '_' and '-' only")
+    return base
+
+
+def _unzip(name: str, data: bytes, limit: int) -> dict[str, bytes]:
+    """WFDB members of a zip, by base name; refuses nested paths' clashes and zip bombs."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile as error:
+        raise UploadError(name, "not a readable zip archive") from error
+    members: dict[str, bytes] = {}
+    total = 0
+    with archive:
+        for info in archive.infolist():
+            if info.is_dir() or Path(info.filename).name.startswith("."):
+                continue
+            base = _safe_name(Path(info.filename).name)
+            if Path(base).suffix.lower() not in WFDB_SUFFIXES:
+                continue
+            total += info.file_size
+            if total > limit:
+                raise UploadError(name, f"unpacks to more than {limit / 2**20:.0f} MB")
+            if base in members:
+                raise UploadError(name, f"holds two files named {base}")
+            try:
+                members[base] = archive.read(info)
+            except (zipfile.BadZipFile, OSError, ValueError) as error:
+                raise UploadError(name, f"member {base} is corrupt ({error})") from error
+    if not members:
+        raise UploadError(name, "the zip holds no WFDB files (.hea with its .dat)")
+    return members
+
+
+def collect_wfdb_files(
+    files: Sequence[tuple[str, bytes]], limit: int = MAX_UPLOAD_BYTES
+) -> dict[str, bytes]:
+    """Uploaded (name, bytes) pairs, zips unpacked, into WFDB files by base name."""
+    if not files:
+        raise UploadError("ECG", "no file uploaded: a WFDB .hea with its .dat, or a .zip")
+    collected: dict[str, bytes] = {}
+    for name, data in files:
+        check_size(name, data, limit)
+        suffix = Path(name).suffix.lower()
+        if suffix == ".zip":
+            members = _unzip(name, data, limit)
+        elif suffix in WFDB_SUFFIXES:
+            members = {_safe_name(name): data}
+        else:
+            raise UploadError(
+                name,
+                f"wrong file type ({suffix or 'no extension'}): upload a WFDB record, "
+                "its .hea header with its .dat signal file, or a .zip holding both",
+            )
+        for base, content in members.items():
+            if base in collected:
+                raise UploadError(base, "uploaded twice")
+            collected[base] = content
+    return collected
+
+
+def read_ecg_upload(
+    files: Sequence[tuple[str, bytes]], normalisation: str, limit: int = MAX_UPLOAD_BYTES
+) -> UploadedEcg:
+    """Parse an uploaded WFDB record with the dataset's ECG reader and normalisation."""
+    import wfdb
+
+    collected = collect_wfdb_files(files, limit)
+    headers = [name for name in collected if name.lower().endswith(".hea")]
+    if len(headers) != 1:
+        found = ", ".join(sorted(collected)) or "nothing"
+        raise UploadError(
+            "ECG", f"exactly one .hea header expected with its signal file, got {found}"
+        )
+    header = headers[0]
+    with tempfile.TemporaryDirectory(prefix="symile-upload-") as tmp:
+        folder = Path(tmp)
+        for base, content in collected.items():
+            (folder / base).write_bytes(content)
+        record = folder / header[: -len(".hea")]
+        try:
+            signal_files = set(wfdb.rdheader(str(record)).file_name or [])
+        except Exception as error:  # wfdb raises many types for a malformed header
+            raise UploadError(header, f"not a readable WFDB header ({error})") from None
+        missing = sorted(f for f in signal_files if f not in collected)
+        if missing:
+            raise UploadError(
+                header,
+                f"its signal file {', '.join(missing)} was not uploaded: upload the .hea "
+                "together with its .dat (or a .zip of both)",
+            )
+        try:
+            millivolts = load_ecg_record(record)
+        except InvalidRecord as error:
+            raise UploadError(header, error.reason) from None
+    log.info("parsed an uploaded ECG record (%d leads)", millivolts.shape[0])
+    return UploadedEcg(header, millivolts, normalise_ecg(millivolts, normalisation))
+
+
+def _lab_lookup(labs_spec: Sequence[Mapping[str, Any]]) -> tuple[dict[int, int], dict[str, int]]:
+    by_itemid = {int(spec["itemid"]): i for i, spec in enumerate(labs_spec)}
+    by_label = {str(spec["label"]).strip().lower(): i for i, spec in enumerate(labs_spec)}
+    return by_itemid, by_label
+
+
+def read_labs_csv(
+    name: str,
+    data: bytes,
+    labs_spec: Sequence[Mapping[str, Any]],
+    limit: int = MAX_UPLOAD_BYTES,
+) -> dict[int, float]:
+    """A labs CSV (columns itemid or label, and value) -> {itemid: value}.
+
+    Empty values are missing labs. Unknown labs, text values and a lab given twice are
+    refused with the offending names or rows.
+    """
+    check_size(name, data, limit)
+    if Path(name).suffix.lower() not in (".csv", ".txt"):
+        raise UploadError(
+            name, "wrong file type: upload a .csv with columns itemid or label, value"
+        )
+    try:
+        table = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise UploadError(name, f"not a readable CSV ({error})") from None
+    columns = {c.strip().lower(): c for c in table.columns}
+    if "value" not in columns or not ({"itemid", "label"} & set(columns)):
+        raise UploadError(
+            name, f"columns itemid or label, and value expected; found {list(table.columns)}"
+        )
+    by_itemid, by_label = _lab_lookup(labs_spec)
+    values: dict[int, float] = {}
+    unknown, not_numeric = [], []
+    for line, record in enumerate(table.to_dict("records"), start=2):
+        key = (
+            record.get(columns.get("itemid", ""), "").strip()
+            or record.get(columns.get("label", ""), "").strip()
+        )
+        index = None
+        if key.isdigit():
+            index = by_itemid.get(int(key))
+        if index is None:
+            index = by_label.get(key.lower())
+        if index is None:
+            unknown.append(key or f"(line {line}: empty)")
+            continue
+        text = record[columns["value"]].strip()
+        if text == "":
+            continue
+        try:
+            value = float(text)
+        except ValueError:
+            not_numeric.append(f"line {line} ({labs_spec[index]['label']}: {text!r})")
+            continue
+        if not np.isfinite(value):
+            not_numeric.append(f"line {line} ({labs_spec[index]['label']}: {text!r})")
+            continue
+        itemid = int(labs_spec[index]["itemid"])
+        if itemid in values:
+            raise UploadError(name, f"lab {labs_spec[index]['label']} is given twice")
+        values[itemid] = value
+    if unknown:
+        raise UploadError(
+            name,
+            f"unknown labs {', '.join(unknown[:8])}{' ...' if len(unknown) > 8 else ''}: "
+            "use the itemids or labels of the dataset's lab list (shown in the form)",
+        )
+    if not_numeric:
+        raise UploadError(name, f"values must be numbers: {', '.join(not_numeric[:8])}")
+    return values
+
+
+def lab_inputs(
+    values: Mapping[int, float | None], labs_spec: Sequence[Mapping[str, Any]]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """{itemid: value or None} -> (raw float64 [L] NaN = missing, percentiles float32 [L],
+    observed float32 [L]) through preprocessing.labs.percentiles_from_cdf."""
+    raw = np.full(len(labs_spec), np.nan)
+    for i, spec in enumerate(labs_spec):
+        value = values.get(int(spec["itemid"]))
+        if value is not None and np.isfinite(value):
+            raw[i] = float(value)
+    observed = np.isfinite(raw).astype(np.float32)
+    percentiles = percentiles_from_cdf(raw, observed, list(labs_spec))
+    return raw, np.asarray(percentiles, np.float32), observed

@@ -1,0 +1,155 @@
+"""The model that joins the three encoders in one embedding space with a learned logit scale."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.cxr_encoder import CXREncoder
+from models.ecg_encoder import ECGEncoder
+from models.labs_encoder import LabsEncoder
+
+LOGIT_SCALE_INIT = math.log(1 / 0.07)  # 2.65926, CLIP's initial temperature
+LOGIT_SCALE_MAX = math.log(100.0)  # CLIP clamps exp(scale) at 100
+PROJECTIONS = ("layernorm", "l2")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The model's shape; serialised into RUN/config.json under "model".
+
+    `projection`: "layernorm" (a LayerNorm on each modality's d-vector, as the paper's
+    MIMIC model) or "l2" (unit vectors, as the paper's README example).
+    `norm`: "batch" (BatchNorm in the ECG and CXR ResNets, as torchvision's) or "group"
+    (GroupNorm: the output does not depend on the batch, so eval mode behaves as training
+    did even after few steps, and data-parallel training equals one process exactly).
+    """
+
+    embed_dim: int = 256
+    projection: str = "layernorm"
+    ecg_leads: int = 12
+    ecg_samples: int = 5000
+    ecg_channels: tuple[int, ...] = (64, 128, 256, 512)
+    ecg_blocks: tuple[int, ...] = (2, 2, 2, 2)
+    ecg_kernel_size: int = 7
+    ecg_stem_kernel_size: int = 15
+    ecg_stem_stride: int = 2
+    ecg_dropout: float = 0.0
+    norm: str = "batch"
+    n_labs: int = 50
+    labs_hidden: tuple[int, ...] = (256, 1024)
+    labs_dropout: float = 0.0
+    cxr_arch: str = "resnet50"
+    cxr_size: int = 320
+    logit_scale_init: float = LOGIT_SCALE_INIT
+    freeze_logit_scale: bool = False
+
+    def __post_init__(self) -> None:
+        if self.projection not in PROJECTIONS:
+            raise ValueError(f"projection must be one of {PROJECTIONS}, got {self.projection!r}")
+        # Lists from JSON/TOML become tuples so that configs compare and hash by value.
+        for name in ("ecg_channels", "ecg_blocks", "labs_hidden"):
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+
+
+class Projection(nn.Module):
+    """The last step of every modality: LayerNorm (learned affine) or L2 normalisation."""
+
+    def __init__(self, kind: str, dim: int) -> None:
+        super().__init__()
+        self.kind = kind
+        self.norm = nn.LayerNorm(dim) if kind == "layernorm" else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, d] -> [B, d]."""
+        if self.kind == "l2":
+            return F.normalize(x, dim=-1)
+        return self.norm(x)
+
+
+class SymileModel(nn.Module):
+    """ECG, labs and CXR encoders projecting to a shared d, plus a learned log logit scale.
+
+    `logit_scale` is the log of the scale; the losses take `logit_scale.exp()`.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        d = config.embed_dim
+        self.ecg_encoder = ECGEncoder(
+            out_dim=d,
+            leads=config.ecg_leads,
+            samples=config.ecg_samples,
+            channels=config.ecg_channels,
+            blocks=config.ecg_blocks,
+            kernel_size=config.ecg_kernel_size,
+            stem_kernel_size=config.ecg_stem_kernel_size,
+            stem_stride=config.ecg_stem_stride,
+            dropout=config.ecg_dropout,
+            norm=config.norm,
+        )
+        self.labs_encoder = LabsEncoder(
+            n_labs=config.n_labs, out_dim=d, hidden=config.labs_hidden, dropout=config.labs_dropout
+        )
+        self.cxr_encoder = CXREncoder(
+            out_dim=d, arch=config.cxr_arch, image_size=config.cxr_size, norm=config.norm
+        )
+        self.ecg_projection = Projection(config.projection, d)
+        self.labs_projection = Projection(config.projection, d)
+        self.cxr_projection = Projection(config.projection, d)
+        self.logit_scale = nn.Parameter(
+            torch.tensor(float(config.logit_scale_init)),
+            requires_grad=not config.freeze_logit_scale,
+        )
+
+    def encode_ecg(self, ecg: torch.Tensor) -> torch.Tensor:
+        """ECG float32 [B, 12, 5000] -> embedding [B, d]."""
+        return self.ecg_projection(self.ecg_encoder(ecg))
+
+    def encode_labs(self, labs: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
+        """labs float32 [B, L] percentiles, observed float32 [B, L] (1 = observed) -> [B, d]."""
+        return self.labs_projection(self.labs_encoder(labs, observed))
+
+    def encode_cxr(self, cxr: torch.Tensor) -> torch.Tensor:
+        """CXR float32 [B, 1, S, S] in [0, 1] (uint8 / 255) -> embedding [B, d]."""
+        return self.cxr_projection(self.cxr_encoder(cxr))
+
+    def forward(
+        self,
+        ecg: torch.Tensor,
+        labs: torch.Tensor,
+        observed: torch.Tensor,
+        cxr: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The three embeddings (ecg_emb, labs_emb, cxr_emb), each [B, d]."""
+        return self.encode_ecg(ecg), self.encode_labs(labs, observed), self.encode_cxr(cxr)
+
+    @torch.no_grad()
+    def clamp_logit_scale(self) -> None:
+        """Clamp the log scale at ln 100 (CLIP does this after every optimiser step)."""
+        self.logit_scale.clamp_(max=LOGIT_SCALE_MAX)
+
+
+def build_model(
+    config: ModelConfig, seed: int | None = None, cxr_weights: Path | None = None
+) -> SymileModel:
+    """Build a SymileModel; with `seed`, initialise it reproducibly without touching global RNG.
+
+    nn.Module initialisers draw from torch's global generator and take no generator
+    argument, so the seeded build runs inside `fork_rng`, which restores the caller's state.
+    """
+    if seed is None:
+        model = SymileModel(config)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = SymileModel(config)
+    if cxr_weights is not None:
+        model.cxr_encoder.load_backbone(Path(cxr_weights))
+    return model

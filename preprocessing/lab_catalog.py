@@ -1,0 +1,139 @@
+"""The blood labs the project knows: MIMIC-IV itemids, labels, fluids, categories and units.
+
+One entry per lab as MIMIC-IV's ``d_labitems`` names it (labels are copied as the release
+spells them, e.g. ``Asparate Aminotransferase (AST)``), with the unit ``labevents.valueuom``
+carries, a typical reference range (what ``ref_range_lower/upper`` usually hold) and a
+plausible range (values outside it are physiologically impossible or a unit error).
+
+``PAPER_LAB_ITEMIDS`` is the exact list of 50 labs of the Symile paper's Symile-MIMIC
+dataset, in the order the reference code lists them (``LABS`` in ``experiments/constants.py``
+of github.com/rajesh-lab/symile, "top labs in MIMIC-IV"). Three of them, ``H``, ``L`` and
+``I`` (50934, 51678, 50947), are not analytes but specimen-quality indices (haemolysis,
+lipaemia, icterus) that the analyser reports with a chemistry panel; they are flagged
+``specimen_quality=True``. ``LAB_ITEMS`` adds a few cardiac and inflammatory markers
+(troponin T, CK-MB, NT-proBNP, CRP) that the synthetic cohort also writes.
+
+Ranges are typical adult values for the units given; they serve the synthetic generator
+and plausibility checks, not clinical decisions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class LabItem:
+    """One lab test: MIMIC-IV identity plus its unit, reference and plausible ranges."""
+
+    itemid: int
+    label: str
+    fluid: str
+    category: str
+    unit: str
+    normal_low: float
+    normal_high: float
+    plausible_low: float
+    plausible_high: float
+    specimen_quality: bool = False
+
+
+_BLOOD = "Blood"
+_CHEM = "Chemistry"
+_HEME = "Hematology"
+_GAS = "Blood Gas"
+
+
+def _lab(
+    itemid: int,
+    label: str,
+    category: str,
+    unit: str,
+    normal: tuple[float, float],
+    plausible: tuple[float, float],
+    specimen_quality: bool = False,
+) -> LabItem:
+    return LabItem(
+        itemid=itemid,
+        label=label,
+        fluid=_BLOOD,
+        category=category,
+        unit=unit,
+        normal_low=normal[0],
+        normal_high=normal[1],
+        plausible_low=plausible[0],
+        plausible_high=plausible[1],
+        specimen_quality=specimen_quality,
+    )
+
+
+LAB_ITEMS: tuple[LabItem, ...] = (
+    # --- the paper's 50, in the reference code's order ---
+    _lab(51221, "Hematocrit", _HEME, "%", (36.0, 48.0), (5.0, 75.0)),
+    _lab(51265, "Platelet Count", _HEME, "K/uL", (150.0, 440.0), (1.0, 2000.0)),
+    _lab(50912, "Creatinine", _CHEM, "mg/dL", (0.5, 1.2), (0.1, 25.0)),
+    _lab(50971, "Potassium", _CHEM, "mEq/L", (3.3, 5.1), (1.5, 9.5)),
+    _lab(51222, "Hemoglobin", _HEME, "g/dL", (12.0, 16.0), (2.0, 25.0)),
+    _lab(51301, "White Blood Cells", _HEME, "K/uL", (4.0, 11.0), (0.1, 300.0)),
+    _lab(51249, "MCHC", _HEME, "g/dL", (31.0, 37.0), (24.0, 42.0)),
+    _lab(51279, "Red Blood Cells", _HEME, "m/uL", (4.2, 5.4), (0.8, 9.0)),
+    _lab(51250, "MCV", _HEME, "fL", (82.0, 98.0), (50.0, 140.0)),
+    _lab(51248, "MCH", _HEME, "pg", (27.0, 32.0), (15.0, 45.0)),
+    _lab(51277, "RDW", _HEME, "%", (10.5, 15.5), (9.0, 35.0)),
+    _lab(51006, "Urea Nitrogen", _CHEM, "mg/dL", (6.0, 20.0), (1.0, 250.0)),
+    _lab(50983, "Sodium", _CHEM, "mEq/L", (133.0, 145.0), (100.0, 185.0)),
+    _lab(50902, "Chloride", _CHEM, "mEq/L", (96.0, 108.0), (60.0, 140.0)),
+    _lab(50882, "Bicarbonate", _CHEM, "mEq/L", (22.0, 32.0), (3.0, 55.0)),
+    _lab(50868, "Anion Gap", _CHEM, "mEq/L", (8.0, 20.0), (0.0, 50.0)),
+    _lab(50931, "Glucose", _CHEM, "mg/dL", (70.0, 100.0), (10.0, 1500.0)),
+    _lab(50960, "Magnesium", _CHEM, "mg/dL", (1.6, 2.6), (0.3, 9.0)),
+    _lab(50893, "Calcium, Total", _CHEM, "mg/dL", (8.4, 10.3), (3.0, 18.0)),
+    _lab(50970, "Phosphate", _CHEM, "mg/dL", (2.7, 4.5), (0.3, 20.0)),
+    _lab(51237, "INR(PT)", _HEME, "", (0.9, 1.1), (0.5, 20.0)),
+    _lab(51274, "PT", _HEME, "sec", (9.4, 12.5), (7.0, 150.0)),
+    _lab(51275, "PTT", _HEME, "sec", (25.0, 36.5), (15.0, 150.0)),
+    _lab(51146, "Basophils", _HEME, "%", (0.0, 1.0), (0.0, 15.0)),
+    _lab(51256, "Neutrophils", _HEME, "%", (50.0, 70.0), (0.0, 100.0)),
+    _lab(51254, "Monocytes", _HEME, "%", (2.0, 11.0), (0.0, 60.0)),
+    _lab(51200, "Eosinophils", _HEME, "%", (1.0, 4.0), (0.0, 50.0)),
+    _lab(51244, "Lymphocytes", _HEME, "%", (18.0, 42.0), (0.0, 100.0)),
+    _lab(52172, "RDW-SD", _HEME, "fL", (35.1, 46.3), (25.0, 120.0)),
+    _lab(50934, "H", _CHEM, "", (0.0, 30.0), (0.0, 2000.0), specimen_quality=True),
+    _lab(51678, "L", _CHEM, "", (0.0, 30.0), (0.0, 2000.0), specimen_quality=True),
+    _lab(50947, "I", _CHEM, "", (0.0, 5.0), (0.0, 100.0), specimen_quality=True),
+    _lab(50861, "Alanine Aminotransferase (ALT)", _CHEM, "IU/L", (0.0, 40.0), (0.0, 10000.0)),
+    _lab(50878, "Asparate Aminotransferase (AST)", _CHEM, "IU/L", (0.0, 40.0), (0.0, 20000.0)),
+    _lab(50813, "Lactate", _GAS, "mmol/L", (0.5, 2.0), (0.2, 30.0)),
+    _lab(50863, "Alkaline Phosphatase", _CHEM, "IU/L", (35.0, 105.0), (5.0, 3000.0)),
+    _lab(50885, "Bilirubin, Total", _CHEM, "mg/dL", (0.0, 1.5), (0.0, 60.0)),
+    _lab(50820, "pH", _GAS, "units", (7.35, 7.45), (6.5, 7.9)),
+    _lab(50862, "Albumin", _CHEM, "g/dL", (3.5, 5.2), (0.8, 6.5)),
+    _lab(50802, "Base Excess", _GAS, "mEq/L", (-2.0, 3.0), (-35.0, 35.0)),
+    _lab(50821, "pO2", _GAS, "mm Hg", (85.0, 105.0), (10.0, 650.0)),
+    _lab(50804, "Calculated Total CO2", _GAS, "mEq/L", (21.0, 30.0), (3.0, 60.0)),
+    _lab(50818, "pCO2", _GAS, "mm Hg", (35.0, 45.0), (10.0, 150.0)),
+    _lab(52075, "Absolute Neutrophil Count", _HEME, "K/uL", (1.6, 6.1), (0.0, 250.0)),
+    _lab(52073, "Absolute Eosinophil Count", _HEME, "K/uL", (0.04, 0.44), (0.0, 20.0)),
+    _lab(52074, "Absolute Monocyte Count", _HEME, "K/uL", (0.2, 0.95), (0.0, 50.0)),
+    _lab(52069, "Absolute Basophil Count", _HEME, "K/uL", (0.01, 0.08), (0.0, 10.0)),
+    _lab(51133, "Absolute Lymphocyte Count", _HEME, "K/uL", (1.2, 3.7), (0.0, 250.0)),
+    _lab(50910, "Creatine Kinase (CK)", _CHEM, "IU/L", (40.0, 300.0), (5.0, 100000.0)),
+    _lab(52135, "Immature Granulocytes", _HEME, "%", (0.0, 0.7), (0.0, 30.0)),
+    # --- cardiac and inflammatory markers beyond the paper's list ---
+    _lab(51003, "Troponin T", _CHEM, "ng/mL", (0.0, 0.01), (0.0, 25.0)),
+    _lab(50911, "Creatine Kinase, MB Isoenzyme", _CHEM, "ng/mL", (0.0, 10.0), (0.0, 500.0)),
+    _lab(50963, "NTproBNP", _CHEM, "pg/mL", (0.0, 450.0), (0.0, 70000.0)),
+    _lab(50889, "C-Reactive Protein", _CHEM, "mg/L", (0.0, 5.0), (0.0, 500.0)),
+)
+
+PAPER_LAB_ITEMIDS: tuple[int, ...] = tuple(item.itemid for item in LAB_ITEMS[:50])
+
+_BY_ITEMID: dict[int, LabItem] = {item.itemid: item for item in LAB_ITEMS}
+
+
+def lab_by_itemid(itemid: int) -> LabItem:
+    """The catalogue entry for a MIMIC-IV lab itemid; KeyError naming it if unknown."""
+    try:
+        return _BY_ITEMID[int(itemid)]
+    except KeyError:
+        raise KeyError(f"lab itemid {itemid} is not in preprocessing.lab_catalog") from None

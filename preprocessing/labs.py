@@ -1,0 +1,105 @@
+"""Lab values into percentiles: empirical CDFs fitted on the training split only.
+
+A lab's CDF is stored as ``cdf_values``: its sorted training values, or, for more than
+``MAX_CDF_POINTS`` values, that many evenly spaced quantiles of them. Either way a value's
+percentile is its mid-rank among those points,
+
+    p(v) = (#{c < v} + #{c <= v}) / (2 * len(c))   in [0, 1],
+
+so that tied values (labs are reported at fixed precision) share the middle of their mass
+and the training percentiles average 0.5. A missing lab is filled with the training mean
+percentile (``fill_percentile``) and flagged 0 in ``observed`` (1 = observed, everywhere).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+MAX_CDF_POINTS = 1001
+
+
+def cdf_points(train_values: np.ndarray, max_points: int = MAX_CDF_POINTS) -> np.ndarray:
+    """Sorted finite training values of one lab, or `max_points` quantiles of them; float64."""
+    values = np.sort(np.asarray(train_values, dtype=np.float64))
+    values = values[np.isfinite(values)]
+    if values.size <= max_points:
+        return values
+    # Quantiles at the mid-points of max_points equal-mass bins keep the mid-rank formula
+    # consistent with the full sorted values.
+    probabilities = (np.arange(max_points) + 0.5) / max_points
+    return np.quantile(values, probabilities, method="inverted_cdf")
+
+
+def mid_rank_percentile(values: np.ndarray, cdf_values: np.ndarray) -> np.ndarray:
+    """Mid-rank empirical CDF of `values` against sorted `cdf_values`; float64 in [0, 1]."""
+    cdf = np.asarray(cdf_values, dtype=np.float64)
+    if cdf.size == 0:
+        return np.full(np.shape(values), np.nan)
+    below = np.searchsorted(cdf, values, side="left")
+    at_or_below = np.searchsorted(cdf, values, side="right")
+    return (below + at_or_below) / (2.0 * cdf.size)
+
+
+def fit_lab_percentiles(
+    train_values: np.ndarray,
+    train_observed: np.ndarray,
+    itemids: Sequence[int],
+    descriptions: Mapping[int, Mapping[str, str]],
+    max_points: int = MAX_CDF_POINTS,
+) -> list[dict]:
+    """Fit one CDF per lab column on the training rows: the ``labs`` list of dataset.json.
+
+    train_values float [N, L] raw values (any where not observed), train_observed [N, L]
+    1 = observed; descriptions maps itemid to its label, fluid and unit.
+    """
+    specs = []
+    for column, itemid in enumerate(itemids):
+        seen = np.asarray(train_observed[:, column], dtype=bool)
+        raw = np.asarray(train_values[seen, column], dtype=np.float64)
+        raw = raw[np.isfinite(raw)]
+        cdf = cdf_points(raw, max_points)
+        # Mean training percentile; 0.5 (the median) for a lab never seen in training.
+        fill = float(mid_rank_percentile(raw, cdf).mean()) if raw.size else 0.5
+        info = descriptions.get(int(itemid), {})
+        specs.append(
+            {
+                "itemid": int(itemid),
+                "label": str(info.get("label", "")),
+                "fluid": str(info.get("fluid", "")),
+                "unit": str(info.get("unit", "")),
+                "n_train_observed": int(raw.size),
+                "cdf_values": [float(v) for v in cdf],
+                "fill_percentile": fill,
+            }
+        )
+    return specs
+
+
+def percentiles_from_cdf(
+    values: np.ndarray, observed: np.ndarray, labs_spec: Sequence[Mapping]
+) -> np.ndarray:
+    """Raw lab values float [N, L] (or [L]) into train-fitted percentiles float32 in [0, 1].
+
+    `labs_spec` is dataset.json's ``labs`` list (its order is the column order). Where
+    `observed` is 0 or the value is not finite the lab's ``fill_percentile`` is used.
+    This is the one place raw values become percentiles (the app uses it for uploads).
+    """
+    raw = np.asarray(values, dtype=np.float64)
+    single = raw.ndim == 1
+    raw = np.atleast_2d(raw)
+    seen = np.atleast_2d(np.asarray(observed).astype(bool)) & np.isfinite(raw)
+    if raw.shape[1] != len(labs_spec) or seen.shape != raw.shape:
+        raise ValueError(
+            f"values {raw.shape} and observed {seen.shape} must have {len(labs_spec)} columns"
+        )
+    out = np.empty(raw.shape, dtype=np.float32)
+    for column, spec in enumerate(labs_spec):
+        filled = np.full(raw.shape[0], float(spec["fill_percentile"]))
+        mask = seen[:, column]
+        if not len(spec["cdf_values"]):  # a lab never seen in training carries no information
+            mask = np.zeros_like(mask)
+        filled[mask] = mid_rank_percentile(raw[mask, column], np.asarray(spec["cdf_values"]))
+        out[:, column] = filled
+    return out[0] if single else out

@@ -1,0 +1,149 @@
+"""`symile-clinical train`: train Symile or pairwise CLIP on a preprocessed dataset."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# argparse dest -> TrainConfig field (None values mean "keep the preset's").
+TRAIN_OVERRIDES = {
+    "objective": "objective",
+    "negatives": "negatives",
+    "device": "device",
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "weight_decay": "weight_decay",
+    "seed": "seed",
+    "max_steps": "max_steps",
+    "lab_dropout": "lab_dropout",
+    "patience": "patience",
+    "checkpoint_every": "checkpoint_every",
+    "num_workers": "num_workers",
+    "precision": "precision",
+    "compile": "compile",
+    "cxr_weights": "cxr_weights",
+}
+MODEL_OVERRIDES = {
+    "projection": "projection",
+    "embed_dim": "embed_dim",
+    "freeze_logit_scale": "freeze_logit_scale",
+    "cxr_arch": "cxr_arch",
+    "cxr_size": "cxr_size",
+}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `train` subcommand."""
+    parser = subparsers.add_parser(
+        "train",
+        help="train Symile (or pairwise CLIP) on a preprocessed dataset into a run directory",
+        description=(
+            "Train the ECG + labs + CXR model. Writes RUN/config.json, "
+            "RUN/checkpoints/{last,best}.pt and RUN/metrics.jsonl. For several GPUs or "
+            "nodes run the same command under torchrun: "
+            "`torchrun --nproc_per_node N -m symile_clinical train ...`."
+        ),
+    )
+    parser.add_argument("--data", type=Path, help="dataset directory (from `preprocess`)")
+    parser.add_argument("--out", type=Path, required=True, help="run directory to write")
+    parser.add_argument(
+        "--config", default="demo", help="preset (demo, paper) or a TOML file (default: demo)"
+    )
+    parser.add_argument("--objective", choices=("symile", "clip"))
+    parser.add_argument("--negatives", choices=("n", "n_squared"))
+    parser.add_argument(
+        "--resume", action="store_true", help="continue RUN from its last checkpoint"
+    )
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int, help="global batch (all ranks together)")
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--weight-decay", type=float)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
+    parser.add_argument(
+        "--lab-dropout", type=float, help="probability of hiding each observed lab in training"
+    )
+    parser.add_argument("--patience", type=int, help="early-stopping patience in epochs (0: off)")
+    parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
+    parser.add_argument("--num-workers", type=int, help="DataLoader worker processes")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
+    parser.add_argument(
+        "--compile", action="store_true", default=None, help="torch.compile the training step"
+    )
+    parser.add_argument("--projection", choices=("layernorm", "l2"))
+    parser.add_argument("--embed-dim", type=int)
+    parser.add_argument(
+        "--freeze-logit-scale", action="store_true", default=None, help="keep the scale at init"
+    )
+    parser.add_argument("--cxr-arch", choices=("resnet_tiny", "resnet10", "resnet18", "resnet50"))
+    parser.add_argument("--cxr-size", type=int, help="CXR side the encoder sees, px")
+    parser.add_argument(
+        "--cxr-weights", help="local state dict for the CXR ResNet (nothing is downloaded)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    # Test hook: SIGKILL this process after N steps, as a crash would (kill-and-resume test).
+    parser.add_argument("--stop-after-steps", type=int, help=argparse.SUPPRESS)
+    parser.set_defaults(run=run)
+
+
+def _overrides(args: argparse.Namespace, names: dict[str, str]) -> dict[str, object]:
+    return {
+        field: getattr(args, dest)
+        for dest, field in names.items()
+        if getattr(args, dest) is not None
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the TrainConfig (preset/TOML + flags, or the run's own on --resume) and train."""
+    from symile_clinical.checkpoint import CheckpointError
+    from symile_clinical.config import ConfigError, config_from_dict, load_config
+    from symile_clinical.data import DatasetError
+    from symile_clinical.runs import CONFIG_FILE, read_run_config
+    from symile_clinical.train import RunExistsError, train
+
+    overrides = _overrides(args, TRAIN_OVERRIDES)
+    model_overrides = _overrides(args, MODEL_OVERRIDES)
+    try:
+        if args.resume and (args.out / CONFIG_FILE).exists():
+            if overrides or model_overrides:
+                log.error("--resume continues RUN with its own config.json; drop the other flags")
+                return 2
+            config, recorded_data = read_run_config(args.out)
+            data = args.data or recorded_data
+        else:
+            base = load_config(args.config)
+            config = config_from_dict(
+                {**overrides, "model": model_overrides}, source="command line", base=base
+            )
+            data = args.data
+        if data is None:
+            log.error("--data is required")
+            return 2
+        result = train(
+            config,
+            data,
+            args.out,
+            resume=args.resume,
+            progress=not args.no_progress,
+            stop_after_steps=args.stop_after_steps,
+        )
+    except (CheckpointError, ConfigError, DatasetError, RunExistsError) as error:
+        log.error("train: %s", error)
+        return 1
+    best = f"{result.best_val_acc:.3f}" if result.best_val_acc is not None else "n/a"
+    log.info(
+        "trained %d steps (%d epochs%s); best val top-1 %s at epoch %s; run in %s",
+        result.steps,
+        result.epochs_completed,
+        ", stopped early" if result.stopped_early else "",
+        best,
+        result.best_epoch,
+        result.run_dir,
+    )
+    return 0

@@ -1,0 +1,503 @@
+"""Evaluate trained runs on a dataset split: the paper's retrieval protocol with error bars.
+
+For each run (the main one and any --compare runs), on the same split of the same dataset:
+
+- candidate sets (the paper's task): each query (an admission's ECG + labs) ranks its K
+  candidate CXRs from candidates.parquet (its own + K-1 others) by the run's score (MIP for
+  Symile, sum of dot products for CLIP); top-1 accuracy with random tie-breaking, and MRR,
+  each with a bootstrap SE and 95% CI over queries; chance is 1/K;
+- the whole pool: every CXR of the split is a candidate; recall@1/5/10, MRR, median rank;
+- missing labs: top-1 by number of observed labs (bins), and with every lab masked
+  (observed = 0, values = dataset.json's fill percentiles), i.e. an ECG-only query, with
+  the paired difference full - ECG-only;
+- comparison: the main run minus each compare run, paired over the same resampled queries.
+
+metrics.json (written by report.write_report) is the dict `evaluate` returns:
+
+    schema_version, dataset, split, n_queries, n_candidates, pool_size, n_labs,
+    chance_top1, seed, bootstrap {n_resamples, seed, confidence},
+    lab_bins [{label, low, high}],
+    runs [{name, run_dir, objective, checkpoint, checkpoint_sha256,
+           candidate_top1 {estimate, se, ci_low, ci_high, n, n_resamples, confidence},
+           candidate_mrr {...}, candidate_rank_counts [K ints: queries at rank 1..K],
+           pool {recall@1, recall@5, recall@10, mrr: estimates; median_rank},
+           by_observed_labs [{label, low, high, n, top1 {...} | null}],
+           ecg_only {candidate_top1, pool, full_minus_ecg_only {... , fraction_a_better,
+                     significant}}}],
+    comparisons [{a, b, candidate_top1, candidate_mrr, pool_recall@1, pool_mrr,
+                  ecg_only_candidate_top1}: paired differences a - b]
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from symile_clinical.bootstrap import (
+    DEFAULT_RESAMPLES,
+    BootstrapEstimate,
+    bootstrap_mean,
+    paired_bootstrap_difference,
+)
+from symile_clinical.data import (
+    CandidateSets,
+    DatasetError,
+    SplitArrays,
+    fill_percentiles,
+    load_candidate_sets,
+    read_dataset_json,
+)
+from symile_clinical.report import (
+    ExampleQuery,
+    plot_accuracy_by_lab_bins,
+    plot_accuracy_with_ci,
+    plot_example_queries,
+    plot_rank_histogram,
+    write_report,
+)
+from symile_clinical.retrieval import (
+    candidate_set_scores,
+    chance_top1,
+    median_rank,
+    top1_correct,
+    top_k_indices,
+    true_item_ranks,
+)
+from symile_clinical.runs import LoadedRun, load_run
+from symile_clinical.similarity import score_fn
+from symile_clinical.train import embed_split
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+REPORT_DIRNAME = "report"
+POOL_RECALL_AT = (1, 5, 10)
+# Queries scored against the whole pool at once: a [chunk, N] float32 block in memory.
+QUERY_CHUNK = 1024
+
+
+class EvaluationError(ValueError):
+    """Runs and data that cannot be evaluated together; names the path and the reason."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = Path(path)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """What `evaluate` needs; built by the CLI from its options."""
+
+    run_dir: Path
+    data_dir: Path | None = None  # default: the dataset recorded in the run's config.json
+    compare: tuple[Path, ...] = ()
+    checkpoint: str = "best"
+    split: str = "test"
+    n_bootstrap: int = DEFAULT_RESAMPLES
+    confidence: float = 0.95
+    seed: int = 0
+    batch_size: int = 64
+    device: str = "cpu"
+    n_lab_bins: int = 5
+    n_examples: int = 6
+    examples_top_k: int = 5
+    thumbnail_size: int = 96
+    out_dir: Path | None = None  # default: RUN/report
+    plots: bool = True
+
+
+@dataclass
+class SplitEmbeddings:
+    """A run's embeddings of every row of a split, float32 [N, d] each (numpy, CPU)."""
+
+    ecg: np.ndarray
+    labs: np.ndarray
+    labs_masked: np.ndarray  # labs embedded with every lab masked: an ECG-only query
+    cxr: np.ndarray
+
+
+@dataclass
+class QueryRanks:
+    """Per-query ranks of the true CXR (1-based) and the candidate-set scores."""
+
+    candidate_ranks: np.ndarray  # int64 [Q], within the query's K candidates
+    pool_ranks: np.ndarray  # int64 [Q], within the whole split
+    candidate_scores: np.ndarray  # float32 [Q, K]
+
+
+@dataclass
+class RunEvaluation:
+    """One run's metrics dict plus the per-query values that paired comparisons need."""
+
+    metrics: dict[str, Any]
+    per_query: dict[str, np.ndarray]
+    ranks: QueryRanks
+    examples: list[ExampleQuery] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """The metrics dict (as in metrics.json) and the files written."""
+
+    metrics: dict[str, Any]
+    files: dict[str, Path]
+
+
+# ----------------------------------------------------------------------------- pure parts
+
+
+@torch.no_grad()
+def embed_for_evaluation(
+    loaded: LoadedRun, arrays: SplitArrays, fill: np.ndarray, batch_size: int, device: str
+) -> SplitEmbeddings:
+    """Embed every row of a split with a run's model, plus the all-labs-masked labs query.
+
+    fill: float32 [L], the percentile every missing lab is filled with (dataset.json).
+    With every lab masked all rows have the same labs input, so one embedding serves all.
+    """
+    model = loaded.model.to(device)
+    ecg, labs, cxr = embed_split(model, arrays, torch.device(device), batch_size)
+    masked_labs = torch.from_numpy(np.asarray(fill, dtype=np.float32))[None, :].to(device)
+    masked = model.encode_labs(masked_labs, torch.zeros_like(masked_labs)).float().cpu()
+    return SplitEmbeddings(
+        ecg=ecg.numpy(),
+        labs=labs.numpy(),
+        # A read-only broadcast view: [N, d] without N copies of the same row.
+        labs_masked=np.broadcast_to(masked.numpy(), (len(arrays), masked.shape[1])),
+        cxr=cxr.numpy(),
+    )
+
+
+def rank_queries(
+    objective: str,
+    ecg: np.ndarray,
+    labs: np.ndarray,
+    cxr: np.ndarray,
+    sets: CandidateSets,
+    seed: int,
+    chunk: int = QUERY_CHUNK,
+) -> QueryRanks:
+    """Rank each query's true CXR within its candidate set and within the whole pool.
+
+    ecg, labs, cxr: float32 [N, d] embeddings of the split's rows; query q is row
+    sets.query_rows[q] and its true CXR is the same row. Scores come from
+    similarity.score_fn(objective), a chunk of queries against the pool at a time. Candidate
+    ties break with np.random.default_rng(seed) over all queries in one draw (the trainer's
+    validation accuracy does the same, so the two agree); pool ties with ([seed, 1]).
+    """
+    scorer = score_fn(objective)
+    pool = torch.from_numpy(np.ascontiguousarray(cxr, dtype=np.float32))
+    q_ecg = torch.from_numpy(np.ascontiguousarray(ecg[sets.query_rows], dtype=np.float32))
+    q_labs = torch.from_numpy(np.ascontiguousarray(labs[sets.query_rows], dtype=np.float32))
+    n_queries = len(sets)
+    candidate_scores = np.empty(sets.candidate_rows.shape, dtype=np.float32)
+    pool_ranks = np.empty(n_queries, dtype=np.int64)
+    pool_rng = np.random.default_rng([seed, 1])
+    for start in range(0, n_queries, chunk):
+        part = slice(start, min(start + chunk, n_queries))
+        scores = scorer(pool, [q_ecg[part], q_labs[part]]).numpy()
+        candidate_scores[part] = candidate_set_scores(scores, sets.candidate_rows[part])
+        pool_ranks[part] = true_item_ranks(scores, sets.query_rows[part], pool_rng)
+    candidate_ranks = true_item_ranks(
+        candidate_scores, sets.true_position, np.random.default_rng(seed)
+    )
+    return QueryRanks(candidate_ranks, pool_ranks, candidate_scores)
+
+
+def lab_count_bins(n_labs: int, n_bins: int = 5) -> list[tuple[int, int]]:
+    """Inclusive ranges of observed-lab counts covering 0..n_labs in about n_bins equal bins."""
+    edges = np.unique(np.round(np.linspace(0, n_labs + 1, n_bins + 1)).astype(int))
+    return [(int(lo), int(hi) - 1) for lo, hi in itertools.pairwise(edges)]
+
+
+def _bin_label(low: int, high: int) -> str:
+    return str(low) if low == high else f"{low}-{high}"
+
+
+def _estimate(values: np.ndarray, config: EvaluateConfig) -> BootstrapEstimate:
+    return bootstrap_mean(values, config.n_bootstrap, config.seed, config.confidence)
+
+
+def pool_metrics(pool_ranks: np.ndarray, config: EvaluateConfig) -> dict[str, Any]:
+    """recall@1/5/10 and MRR over the whole pool (with CIs) and the median rank."""
+    metrics: dict[str, Any] = {
+        f"recall@{k}": _estimate((pool_ranks <= k).astype(float), config).to_dict()
+        for k in POOL_RECALL_AT
+    }
+    metrics["mrr"] = _estimate(1.0 / pool_ranks, config).to_dict()
+    metrics["median_rank"] = median_rank(pool_ranks)
+    return metrics
+
+
+def _paired(a: np.ndarray, b: np.ndarray, config: EvaluateConfig) -> dict[str, Any]:
+    return paired_bootstrap_difference(
+        a, b, config.n_bootstrap, config.seed, config.confidence
+    ).to_dict()
+
+
+def summarise_run(
+    ranks: QueryRanks,
+    masked_ranks: QueryRanks,
+    n_observed: np.ndarray,
+    bins: list[tuple[int, int]],
+    config: EvaluateConfig,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Every metric of one run from its per-query ranks (full and ECG-only queries).
+
+    n_observed: int [Q], labs observed in each query. Returns (metrics, per-query values).
+    """
+    k = ranks.candidate_scores.shape[1]
+    top1 = top1_correct(ranks.candidate_ranks)
+    masked_top1 = top1_correct(masked_ranks.candidate_ranks)
+    by_bins = []
+    for low, high in bins:
+        inside = (n_observed >= low) & (n_observed <= high)
+        by_bins.append(
+            {
+                "label": _bin_label(low, high),
+                "low": low,
+                "high": high,
+                "n": int(inside.sum()),
+                "top1": _estimate(top1[inside], config).to_dict() if inside.any() else None,
+            }
+        )
+    metrics = {
+        "candidate_top1": _estimate(top1, config).to_dict(),
+        "candidate_mrr": _estimate(1.0 / ranks.candidate_ranks, config).to_dict(),
+        "candidate_rank_counts": np.bincount(ranks.candidate_ranks, minlength=k + 1)[1:].tolist(),
+        "pool": pool_metrics(ranks.pool_ranks, config),
+        "by_observed_labs": by_bins,
+        "ecg_only": {
+            "candidate_top1": _estimate(masked_top1, config).to_dict(),
+            "pool": pool_metrics(masked_ranks.pool_ranks, config),
+            "full_minus_ecg_only": _paired(top1, masked_top1, config),
+        },
+    }
+    per_query = {
+        "candidate_top1": top1,
+        "candidate_mrr": 1.0 / ranks.candidate_ranks,
+        "pool_recall@1": (ranks.pool_ranks <= 1).astype(float),
+        "pool_mrr": 1.0 / ranks.pool_ranks,
+        "ecg_only_candidate_top1": masked_top1,
+    }
+    return metrics, per_query
+
+
+def compare_runs(a: RunEvaluation, b: RunEvaluation, config: EvaluateConfig) -> dict[str, Any]:
+    """Paired bootstrap differences a - b of every per-query metric (same queries)."""
+    result: dict[str, Any] = {"a": a.metrics["name"], "b": b.metrics["name"]}
+    for key, values in a.per_query.items():
+        result[key] = _paired(values, b.per_query[key], config)
+    return result
+
+
+# ----------------------------------------------------------------------------- I/O edges
+
+
+def _thumbnail(image: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [S, S] -> uint8 [<=size, <=size] by striding (enough for a thumbnail grid)."""
+    stride = max(1, int(np.ceil(image.shape[0] / size)))
+    return np.ascontiguousarray(image[::stride, ::stride])
+
+
+def _cxr_uint8(arrays: SplitArrays, row: int) -> np.ndarray:
+    image = np.asarray(arrays.cxr[row, 0])
+    if image.dtype != np.uint8:  # float16 CXRs are stored in [0, 1]
+        image = np.clip(image.astype(np.float32) * 255.0, 0, 255).astype(np.uint8)
+    return image
+
+
+def select_examples(
+    ranks: QueryRanks,
+    sets: CandidateSets,
+    arrays: SplitArrays,
+    titles: list[str],
+    config: EvaluateConfig,
+) -> list[ExampleQuery]:
+    """A seeded sample of queries with their top-k candidate thumbnails, best first."""
+    n = min(config.n_examples, len(sets))
+    if n == 0:
+        return []
+    rng = np.random.default_rng([config.seed, 2])
+    chosen = np.sort(rng.choice(len(sets), size=n, replace=False))
+    top = top_k_indices(ranks.candidate_scores[chosen], config.examples_top_k, rng)
+    examples = []
+    for q, best in zip(chosen, top, strict=True):
+        rows = sets.candidate_rows[q, best]
+        true_row = int(sets.query_rows[q])
+        hits = np.flatnonzero(rows == true_row)
+        examples.append(
+            ExampleQuery(
+                title=titles[q],
+                thumbnails=np.stack(
+                    [_thumbnail(_cxr_uint8(arrays, int(r)), config.thumbnail_size) for r in rows]
+                ),
+                scores=ranks.candidate_scores[q, best],
+                true_position=int(hits[0]) if hits.size else None,
+                true_thumbnail=_thumbnail(_cxr_uint8(arrays, true_row), config.thumbnail_size),
+                true_rank=int(ranks.candidate_ranks[q]),
+            )
+        )
+    return examples
+
+
+def _query_titles(
+    data_dir: Path, split: str, query_rows: np.ndarray, n_observed: np.ndarray, n_labs: int
+) -> list[str]:
+    """'hadm 123, 7/50 labs' per query; the row number when the manifest is missing."""
+    ids: dict[int, int] = {}
+    path = data_dir / "manifest.parquet"
+    if path.exists():
+        manifest = pd.read_parquet(path, columns=["split", "row", "hadm_id"])
+        manifest = manifest[manifest["split"] == split]
+        ids = dict(zip(manifest["row"].astype(int), manifest["hadm_id"].astype(int), strict=True))
+    return [
+        f"{'hadm ' + str(ids[int(r)]) if int(r) in ids else 'row ' + str(int(r))}, "
+        f"{int(k)}/{n_labs} labs"
+        for r, k in zip(query_rows, n_observed, strict=True)
+    ]
+
+
+def _run_names(run_dirs: list[Path]) -> list[str]:
+    """Folder names, made unique with a suffix when two runs share one."""
+    names: list[str] = []
+    for path in run_dirs:
+        name = path.resolve().name or str(path)
+        while name in names:
+            name = f"{name}_{len(names)}"
+        names.append(name)
+    return names
+
+
+def evaluate_run(
+    loaded: LoadedRun,
+    name: str,
+    arrays: SplitArrays,
+    sets: CandidateSets,
+    fill: np.ndarray,
+    bins: list[tuple[int, int]],
+    titles: list[str],
+    config: EvaluateConfig,
+) -> RunEvaluation:
+    """Embed the split with one run and compute all of its metrics."""
+    if loaded.config.model.n_labs != arrays.n_labs:
+        raise EvaluationError(
+            loaded.run_dir,
+            f"model takes {loaded.config.model.n_labs} labs, the dataset has {arrays.n_labs}",
+        )
+    log.info("embedding %s split (%d rows) with %s", arrays.split, len(arrays), name)
+    embeddings = embed_for_evaluation(loaded, arrays, fill, config.batch_size, config.device)
+    ranks = rank_queries(
+        loaded.objective, embeddings.ecg, embeddings.labs, embeddings.cxr, sets, config.seed
+    )
+    masked = rank_queries(
+        loaded.objective,
+        embeddings.ecg,
+        embeddings.labs_masked,
+        embeddings.cxr,
+        sets,
+        config.seed,
+    )
+    n_observed = np.asarray(arrays.labs_observed[sets.query_rows]).sum(axis=1)
+    metrics, per_query = summarise_run(ranks, masked, n_observed, bins, config)
+    header = {
+        "name": name,
+        "run_dir": str(loaded.run_dir),
+        "objective": loaded.objective,
+        "checkpoint": str(loaded.checkpoint_path),
+        "checkpoint_sha256": loaded.checkpoint_sha256,
+    }
+    examples = select_examples(ranks, sets, arrays, titles, config) if config.plots else []
+    return RunEvaluation({**header, **metrics}, per_query, ranks, examples)
+
+
+def evaluate(config: EvaluateConfig) -> EvaluationResult:
+    """Evaluate config.run_dir (and config.compare) and write the report folder."""
+    main = load_run(config.run_dir, checkpoint=config.checkpoint, device=config.device)
+    data_dir = config.data_dir or main.data_dir
+    if data_dir is None:
+        raise EvaluationError(config.run_dir, "config.json names no dataset: pass --data")
+    data_dir = Path(data_dir)
+    others = [
+        load_run(p, checkpoint=config.checkpoint, device=config.device) for p in config.compare
+    ]
+    for other in others:
+        if other.data_dir is not None and Path(other.data_dir).resolve() != data_dir.resolve():
+            log.warning(
+                "%s was trained on %s; it is evaluated on %s with the others",
+                other.run_dir,
+                other.data_dir,
+                data_dir,
+            )
+    dataset_json = read_dataset_json(data_dir)
+    fill = fill_percentiles(dataset_json)
+    arrays = SplitArrays(data_dir, config.split)
+    if fill.shape[0] != arrays.n_labs:
+        raise DatasetError(
+            data_dir / "dataset.json", f"{fill.shape[0]} labs listed, arrays have {arrays.n_labs}"
+        )
+    sets = load_candidate_sets(data_dir, config.split)
+    if len(sets) == 0:
+        raise DatasetError(data_dir / "candidates.parquet", f"no {config.split} candidate sets")
+    n_observed = np.asarray(arrays.labs_observed[sets.query_rows]).sum(axis=1)
+    bins = lab_count_bins(arrays.n_labs, config.n_lab_bins)
+    titles = _query_titles(data_dir, config.split, sets.query_rows, n_observed, arrays.n_labs)
+
+    loaded_runs = [main, *others]
+    names = _run_names([r.run_dir for r in loaded_runs])
+    evaluations = [
+        evaluate_run(run, name, arrays, sets, fill, bins, titles, config)
+        for run, name in zip(loaded_runs, names, strict=True)
+    ]
+    k = int(sets.candidate_rows.shape[1])
+    metrics: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "dataset": str(data_dir),
+        "split": config.split,
+        "n_queries": len(sets),
+        "n_candidates": k,
+        "pool_size": len(arrays),
+        "n_labs": arrays.n_labs,
+        "chance_top1": chance_top1(k),
+        "seed": config.seed,
+        "bootstrap": {
+            "n_resamples": config.n_bootstrap,
+            "seed": config.seed,
+            "confidence": config.confidence,
+        },
+        "lab_bins": [{"label": _bin_label(lo, hi), "low": lo, "high": hi} for lo, hi in bins],
+        "runs": [e.metrics for e in evaluations],
+        "comparisons": [compare_runs(evaluations[0], e, config) for e in evaluations[1:]],
+    }
+    pngs: dict[str, bytes] = {}
+    if config.plots:
+        pngs = {
+            "accuracy": plot_accuracy_with_ci(metrics),
+            "lab_bins": plot_accuracy_by_lab_bins(metrics),
+            "ranks": plot_rank_histogram(metrics),
+            "examples": plot_example_queries(evaluations[0].examples, names[0]),
+        }
+    out_dir = config.out_dir or Path(config.run_dir) / REPORT_DIRNAME
+    files = write_report(out_dir, metrics, pngs)
+    for evaluation in evaluations:
+        m = evaluation.metrics
+        log.info(
+            "%s (%s): top-1 %.3f [%.3f, %.3f] (chance %.3f), ECG-only %.3f",
+            m["name"],
+            m["objective"],
+            m["candidate_top1"]["estimate"],
+            m["candidate_top1"]["ci_low"],
+            m["candidate_top1"]["ci_high"],
+            metrics["chance_top1"],
+            m["ecg_only"]["candidate_top1"]["estimate"],
+        )
+    log.info("report written to %s", out_dir)
+    return EvaluationResult(metrics=metrics, files=files)

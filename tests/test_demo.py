@@ -1,0 +1,47 @@
+"""`symile-clinical demo` end to end on a tiny cohort: every step runs, then every step is
+current and skipped; changing one setting re-runs only what depends on it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from app.demo import DemoConfig, run_demo
+from app.run_context import read_comparisons
+from symile_clinical.index import load_index
+
+
+@pytest.mark.slow
+def test_demo_runs_every_step_then_skips_what_is_current(tmp_path: Path) -> None:
+    config = DemoConfig(
+        out=tmp_path / "demo",
+        admissions=120,
+        cxr_max_size=64,
+        cxr_size=32,
+        epochs=1,
+        n_bootstrap=20,
+        workers=1,
+        progress=False,
+    )
+    first = run_demo(config)
+    assert first.ran == (
+        "synth",
+        "preprocess",
+        "train-symile",
+        "train-clip",
+        "evaluate",
+        "index-symile",
+        "index-clip",
+    )
+    metrics = json.loads((first.symile_run / "report" / "metrics.json").read_text())
+    assert metrics["n_queries"] > 0
+    assert (first.symile_run / "report" / "report.md").is_file()
+    for run in (first.symile_run, first.clip_run):
+        assert len(load_index(run)) == metrics["pool_size"]
+    assert read_comparisons(first.symile_run) == [("CLIP", first.symile_run / "../clip")]
+
+    assert run_demo(config).ran == ()
+    assert run_demo(replace(config, n_bootstrap=30)).ran == ("evaluate",)

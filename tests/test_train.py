@@ -1,0 +1,282 @@
+"""The trainer's parts and short real training runs on a small planted dataset."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from symile_clinical.checkpoint import load_checkpoint
+from symile_clinical.cli import main
+from symile_clinical.config import (
+    ConfigError,
+    TrainConfig,
+    config_from_dict,
+    config_to_dict,
+    demo_config,
+    load_config,
+    paper_config,
+)
+from symile_clinical.data import (
+    DatasetError,
+    MemmapDataset,
+    SplitArrays,
+    load_candidate_sets,
+)
+from symile_clinical.runs import load_run
+from symile_clinical.similarity import score_fn
+from symile_clinical.train import (
+    GlobalBatchSampler,
+    RunExistsError,
+    WarmupCosine,
+    drop_labs,
+    embed_split,
+    retrieval_accuracy,
+    train,
+)
+from tests._dataset_factory import write_dataset, write_tiny_config
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("data") / "dataset", n_train=64, n_val=24)
+
+
+def _events(run_dir: Path, event: str) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["event"] == event]
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+
+def test_presets_match_the_issue() -> None:
+    paper = paper_config()
+    assert paper.model.cxr_arch == "resnet50" and paper.model.cxr_size == 320
+    assert paper.model.ecg_channels == (64, 128, 256, 512)
+    assert paper.model.ecg_blocks == (2, 2, 2, 2)
+    assert paper.weight_decay == 0.01
+    demo = demo_config()
+    assert demo.model.cxr_size < paper.model.cxr_size
+    assert math.isclose(demo.model.logit_scale_init, 2.65926, abs_tol=1e-5)
+    assert demo.model.projection == "l2" and paper.model.projection == "layernorm"
+    assert load_config("demo") == demo
+
+
+def test_config_round_trips_through_json() -> None:
+    config = paper_config()
+    values = json.loads(json.dumps({**config_to_dict(config), "data": "/somewhere"}))
+    assert config_from_dict(values) == config
+
+
+def test_toml_file_overrides_a_preset(tmp_path: Path) -> None:
+    path = tmp_path / "run.toml"
+    path.write_text('preset = "demo"\nepochs = 2\nobjective = "clip"\n[model]\nembed_dim = 32\n')
+    config = load_config(path)
+    assert (config.epochs, config.objective, config.model.embed_dim) == (2, "clip", 32)
+    assert config.model.cxr_arch == demo_config().model.cxr_arch
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("epochs = 2\nbogus = 1\n", "unknown TrainConfig field"),
+        ("[model]\nwidth = 3\n", "unknown ModelConfig field"),
+        ('objective = "triplet"\n', "objective must be one of"),
+        ("epochs = \n", "invalid TOML"),
+    ],
+)
+def test_bad_config_files_name_file_and_reason(tmp_path: Path, text: str, reason: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=reason) as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_unknown_preset_is_refused() -> None:
+    with pytest.raises(ConfigError, match="neither a preset"):
+        load_config("huge")
+
+
+# -- data ------------------------------------------------------------------------------------
+
+
+def test_memmap_dataset_yields_model_ready_tensors(dataset: Path) -> None:
+    raw_ecg = np.load(dataset / "val" / "ecg.npy")
+    raw_cxr = np.load(dataset / "val" / "cxr.npy")
+    raw_observed = np.load(dataset / "val" / "labs_observed.npy")
+    item = MemmapDataset(dataset, "val")[5]
+    assert item["ecg"].dtype == torch.float32 and item["cxr"].dtype == torch.float32
+    np.testing.assert_array_equal(item["ecg"].numpy(), raw_ecg[5].astype(np.float32))
+    np.testing.assert_allclose(item["cxr"].numpy(), raw_cxr[5] / 255.0, rtol=1e-6)
+    np.testing.assert_array_equal(item["labs_observed"].numpy(), raw_observed[5])
+    assert int(item["row"]) == 5
+    arrays = SplitArrays(dataset, "val")
+    assert isinstance(arrays.ecg, np.memmap)
+    batch = arrays.batch([7, 2, 5])
+    assert batch["row"].tolist() == [7, 2, 5]
+    torch.testing.assert_close(batch["cxr"][2], item["cxr"])
+
+
+def test_inconsistent_split_is_a_dataset_error(dataset: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    (broken / "train").mkdir(parents=True)
+    for name in ("ecg", "labs", "labs_observed", "cxr"):
+        array = np.load(dataset / "train" / f"{name}.npy")
+        np.save(broken / "train" / f"{name}.npy", array[:10] if name == "labs" else array)
+    with pytest.raises(DatasetError, match="row counts differ"):
+        SplitArrays(broken, "train")
+    with pytest.raises(DatasetError, match=r"cxr\.npy"):
+        (broken / "train" / "cxr.npy").unlink()
+        SplitArrays(broken, "train")
+
+
+def test_candidate_sets_match_the_parquet(dataset: Path) -> None:
+    sets = load_candidate_sets(dataset, "val")
+    assert sets.candidate_rows.shape == (24, 4)
+    np.testing.assert_array_equal(
+        sets.candidate_rows[np.arange(24), sets.true_position], sets.query_rows
+    )
+
+
+# -- trainer parts ---------------------------------------------------------------------------
+
+
+def test_ranks_together_see_exactly_the_single_process_batches() -> None:
+    single = list(GlobalBatchSampler(50, 8, rank=0, world_size=1, seed=3, epoch=2))
+    assert len(single) == 6 and all(len(b) == 8 for b in single)
+    ranks = [list(GlobalBatchSampler(50, 8, r, 2, seed=3, epoch=2)) for r in range(2)]
+    joined = [a + b for a, b in zip(*ranks, strict=True)]
+    assert joined == single
+    resumed = list(GlobalBatchSampler(50, 8, 0, 1, seed=3, epoch=2, skip=4))
+    assert resumed == single[4:]
+    other_epoch = list(GlobalBatchSampler(50, 8, 0, 1, seed=3, epoch=3))
+    assert other_epoch != single
+
+
+def test_warmup_then_cosine() -> None:
+    schedule = WarmupCosine(warmup=4, total=14, floor=0.1)
+    assert [schedule(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert math.isclose(schedule(9), 0.1 + 0.9 * 0.5)  # half-way through the cosine
+    assert math.isclose(schedule(14), 0.1) and math.isclose(schedule(100), 0.1)
+
+
+def test_lab_dropout_hides_only_observed_labs_and_fills_them() -> None:
+    g = torch.Generator().manual_seed(0)
+    labs = torch.rand(400, 6, generator=g)
+    observed = (torch.rand(400, 6, generator=g) > 0.3).float()
+    fill = torch.linspace(0.1, 0.6, 6)
+    new_labs, new_observed = drop_labs(labs, observed, fill, 0.5, torch.Generator().manual_seed(1))
+    dropped = (observed == 1) & (new_observed == 0)
+    assert not ((observed == 0) & (new_observed == 1)).any()
+    assert 0.4 < dropped.sum() / (observed == 1).sum() < 0.6
+    torch.testing.assert_close(new_labs[dropped], fill.expand_as(labs)[dropped])
+    torch.testing.assert_close(new_labs[~dropped], labs[~dropped])
+    # Two ranks drawing for the global batch drop what one process drops.
+    parts = [
+        drop_labs(labs[r * 200 : (r + 1) * 200], observed[r * 200 : (r + 1) * 200], fill, 0.5,
+                  torch.Generator().manual_seed(1), rank=r, world_size=2)[1]
+        for r in range(2)
+    ]  # fmt: skip
+    torch.testing.assert_close(torch.cat(parts), new_observed)
+
+
+@pytest.mark.parametrize("objective", ["symile", "clip"])
+def test_retrieval_accuracy_equals_a_per_query_loop(objective: str, dataset: Path) -> None:
+    sets = load_candidate_sets(dataset, "val")
+    g = torch.Generator().manual_seed(0)
+    embs = tuple(torch.randn(24, 8, generator=g) for _ in range(3))
+    correct = []
+    for q, rows, true in zip(sets.query_rows, sets.candidate_rows, sets.true_position, strict=True):
+        rows = torch.as_tensor(np.array(rows))
+        scores = score_fn(objective)(embs[2][rows], [embs[0][q : q + 1], embs[1][q : q + 1]])
+        correct.append(int(scores.argmax()) == true)
+    assert retrieval_accuracy(embs, sets, objective) == pytest.approx(np.mean(correct))
+
+
+# -- training runs ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("objective", "negatives"),
+    [("symile", "n"), ("symile", "n_squared"), ("clip", "n"), ("clip", "n_squared")],
+)
+def test_a_few_steps_lower_the_loss_and_the_checkpoint_reloads(
+    objective: str, negatives: str, dataset: Path, tmp_path: Path
+) -> None:
+    config = load_config(
+        write_tiny_config(tmp_path / "c.toml", objective=objective, negatives=negatives, epochs=2)
+    )
+    run_dir = tmp_path / "run"
+    result = train(config, dataset, run_dir, progress=False)
+    assert result.steps == 8 and result.epochs_completed == 2
+    losses = [e["loss"] for e in _events(run_dir, "train")]
+    assert len(losses) == 8 and all(math.isfinite(x) for x in losses)
+    assert np.mean(losses[-2:]) < np.mean(losses[:2])
+
+    # The best checkpoint reloads into a model that embeds as the trainer's model did: the
+    # val accuracy recomputed from its embeddings equals the one logged during training.
+    loaded = load_run(run_dir, "best")
+    assert loaded.objective == objective and not loaded.model.training
+    assert loaded.config.model.n_labs == 6  # taken from the dataset
+    embs = embed_split(loaded.model, SplitArrays(dataset, "val"), torch.device("cpu"), 32)
+    best = max(e["val_acc"] for e in _events(run_dir, "val"))
+    sets = load_candidate_sets(dataset, "val")
+    assert retrieval_accuracy(embs, sets, objective, seed=config.seed) == best
+    again = embed_split(load_run(run_dir, "best").model, SplitArrays(dataset, "val"), "cpu", 7)
+    for a, b in zip(embs, again, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_training_learns_the_planted_relation(tmp_path: Path) -> None:
+    data = write_dataset(tmp_path / "data", n_train=128, n_val=48, n_classes=4, seed=1)
+    config = load_config(
+        write_tiny_config(tmp_path / "c.toml", epochs=5, batch_size=32, lab_dropout=0.1)
+    )
+    result = train(config, data, tmp_path / "run", progress=False)
+    # Chance is 1/4 (sd 0.06 over 48 queries); a model that knows the 4 classes gets ~0.68.
+    assert result.best_val_acc is not None and result.best_val_acc >= 0.42
+    logit_scales = [e["logit_scale"] for e in _events(tmp_path / "run", "train")]
+    assert max(logit_scales) <= 100.0 + 1e-4
+
+
+def test_bf16_autocast_trains_on_cpu(dataset: Path, tmp_path: Path) -> None:
+    config = load_config(write_tiny_config(tmp_path / "c.toml", precision="bf16", max_steps=3))
+    result = train(config, dataset, tmp_path / "run", progress=False)
+    assert result.steps == 3
+    assert all(math.isfinite(e["loss"]) for e in _events(tmp_path / "run", "train"))
+
+
+def test_early_stopping_and_frozen_logit_scale(dataset: Path, tmp_path: Path) -> None:
+    config = load_config(
+        write_tiny_config(
+            tmp_path / "c.toml", epochs=30, lr=1e-9, patience=2, model={"freeze_logit_scale": True}
+        )
+    )
+    result = train(config, dataset, tmp_path / "run", progress=False)
+    # With a negligible learning rate val accuracy cannot keep improving.
+    assert result.stopped_early and result.epochs_completed < 30
+    scales = [e["logit_scale"] for e in _events(tmp_path / "run", "train")]
+    assert scales == [pytest.approx(math.exp(2.65926), rel=1e-5)] * len(scales)
+
+
+def test_cli_trains_and_refuses_to_overwrite_a_run(dataset: Path, tmp_path: Path) -> None:
+    config = write_tiny_config(tmp_path / "c.toml", max_steps=2)
+    run_dir = tmp_path / "run"
+    args = ["train", "--data", str(dataset), "--out", str(run_dir), "--config", str(config)]
+    assert main([*args, "--no-progress", "--projection", "layernorm"]) == 0
+    recorded = json.loads((run_dir / "config.json").read_text())
+    assert recorded["model"]["projection"] == "layernorm"
+    assert recorded["data"] == str(dataset)
+    assert set(load_checkpoint(run_dir / "checkpoints" / "last.pt")) >= {
+        "model", "optimizer", "scheduler", "scaler", "rng", "progress"
+    }  # fmt: skip
+    assert main([*args, "--no-progress"]) == 1  # exists, no --resume
+    with pytest.raises(RunExistsError):
+        train(TrainConfig(), dataset, run_dir)
