@@ -32,7 +32,12 @@ def register_app(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument(
-        "--run", dest="run_dir", type=Path, required=True, help="run directory (from `train`)"
+        "--run",
+        dest="run_dir",
+        metavar="RUN",
+        type=Path,
+        required=True,
+        help="run directory (from `train`)",
     )
     _add_serve_options(parser)
     parser.set_defaults(run=run_app)
@@ -87,6 +92,7 @@ def serve(run_dir: Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> 
         "--server.headless=true",
         "--browser.gatherUsageStats=false",
         "--server.fileWatcherType=none",
+        "--client.toolbarMode=viewer",
         # MB; files between the app's own 20 MB limit and this get the app's message.
         "--server.maxUploadSize=25",
         "--",

@@ -149,7 +149,8 @@ def demo_config() -> TrainConfig:
 
 def paper_config() -> TrainConfig:
     """The paper's Symile-MIMIC regime for a GPU: ResNet-18-like ECG, ResNet-50 CXR at 320 px,
-    d = 8192 with LayerNorm, AdamW (weight decay 0.01), batch 280, 80 epochs.
+    d = 8192 with LayerNorm, AdamW (weight decay 0.01), batch 280, 80 epochs, "n_squared"
+    negatives (the reference's Symile-MIMIC run).
 
     The log logit scale starts at -7, the value of the reference's Symile-MIMIC run: MIPs of
     LayerNorm'd 8192-d vectors are in the hundreds, so CLIP's 2.65926 (right for unit

@@ -253,6 +253,15 @@ def _decimal(estimate: Mapping[str, float] | None) -> str:
     return f"{estimate['estimate']:.3f} [{estimate['ci_low']:.3f}, {estimate['ci_high']:.3f}]"
 
 
+def _signed_difference(key: str, estimate: Mapping[str, float]) -> str:
+    """MRR differences as signed decimals, accuracy/recall differences in percentage points."""
+    if "mrr" in key:
+        return (
+            f"{estimate['estimate']:+.3f} [{estimate['ci_low']:+.3f}, {estimate['ci_high']:+.3f}]"
+        )
+    return _signed_pct(estimate)
+
+
 def _signed_pct(estimate: Mapping[str, float]) -> str:
     return (
         f"{100 * estimate['estimate']:+.1f} pts "
@@ -282,8 +291,9 @@ def metric_rows(metrics: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
         ),
     ]
     pool_size = metrics["pool_size"]
-    for key in ("recall@1", "recall@5", "recall@10", "mrr"):
+    for key in ("recall@1", "recall@5", "recall@10"):
         rows.append((f"pool of {pool_size}: {key}", [_pct(r["pool"][key]) for r in runs]))
+    rows.append((f"pool of {pool_size}: MRR", [_decimal(r["pool"]["mrr"]) for r in runs]))
     rows.append(
         (f"pool of {pool_size}: median rank", [_num(r["pool"]["median_rank"], 1) for r in runs])
     )
@@ -357,7 +367,7 @@ def comparison_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str, str]]:
                 rows.append(
                     (
                         f"{comp['a']} - {comp['b']}: {key}",
-                        _signed_pct(value),
+                        _signed_difference(key, value),
                         f"{100 * value['fraction_a_better']:.1f}% of resamples",
                     )
                 )

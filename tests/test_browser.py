@@ -133,17 +133,20 @@ def test_upload_a_record_and_labs_then_a_bad_file(server: str, browser, tmp_path
     page.goto(f"{server}/by_upload")
     page.get_by_text("Upload an ECG record").first.wait_for(timeout=WAIT_MS)
     inputs = page.locator('[data-testid="stFileUploaderDropzoneInput"]')
+    # One upload at a time: each triggers a rerun, and the page settles before the next.
     inputs.nth(0).set_input_files([hea, dat])
+    wait_for_results(page, K)
+    page.screenshot(path=tmp_path / "03-upload-ecg.png", full_page=True)
     inputs.nth(1).set_input_files(csv)
     page.get_by_text("2 lab values read").first.wait_for(timeout=WAIT_MS)
     wait_for_results(page, K)
     assert page.get_by_text("ECG refused").count() == 0
-    page.screenshot(path=tmp_path / "03-upload.png", full_page=True)
+    page.screenshot(path=tmp_path / "04-upload-labs.png", full_page=True)
 
     inputs.nth(0).set_input_files(bad)
     page.get_by_text("ECG refused").first.wait_for(timeout=WAIT_MS)
     assert page.get_by_text("wrong file type").count() >= 1
-    page.screenshot(path=tmp_path / "04-bad-file.png", full_page=True)
+    page.screenshot(path=tmp_path / "05-bad-file.png", full_page=True)
     # The app keeps working: the navigation still serves the other pages.
     page.goto(server)
     page.get_by_text("True CXR rank:").first.wait_for(timeout=WAIT_MS)

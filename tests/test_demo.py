@@ -18,7 +18,7 @@ from symile_clinical.index import load_index
 def test_demo_runs_every_step_then_skips_what_is_current(tmp_path: Path) -> None:
     config = DemoConfig(
         out=tmp_path / "demo",
-        admissions=120,
+        admissions=180,  # about 80 training rows: more than one batch of 64
         cxr_max_size=64,
         cxr_size=32,
         epochs=1,

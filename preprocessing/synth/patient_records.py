@@ -345,14 +345,17 @@ def _simulate_admission(
 def _corruption(
     rng: np.random.Generator, fraction: float, ecg_timing: str, cxr_timing: str, lab_timing: str
 ) -> str:
-    """The kind of broken file this admission gets ("" for none): one its window keeps."""
+    """The kind of broken file this admission gets ("" for none).
+
+    ECG and CXR files are broken only in admissions whose three modalities all fall in the
+    paper's windows: preprocessing opens exactly those files, so its quarantine must list
+    exactly the files in CORRUPTED.csv. Lab rows are all read, whatever the admission.
+    """
     if not rng.random() < fraction:
         return ""
     kinds: list[str] = []
-    if ecg_timing == "window":
-        kinds += corrupt.ECG_KINDS
-    if cxr_timing == "window":
-        kinds += corrupt.CXR_KINDS
+    if ecg_timing == cxr_timing == lab_timing == "window":
+        kinds += [*corrupt.ECG_KINDS, *corrupt.CXR_KINDS]
     if lab_timing == "window":
         kinds.append(corrupt.LAB_NON_NUMERIC)
     return kinds[int(rng.integers(len(kinds)))] if kinds else ""

@@ -22,7 +22,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument(
-        "--run", dest="run_dir", type=Path, required=True, help="run directory (from `train`)"
+        "--run",
+        dest="run_dir",
+        metavar="RUN",
+        type=Path,
+        required=True,
+        help="run directory (from `train`)",
     )
     parser.add_argument(
         "--data", type=Path, default=None, help="dataset directory (default: the run's)"
