@@ -177,7 +177,9 @@ def main(threads: int, command: str) -> int:
             *rows,
             "",
             f"Measured while other work shared the 2-core CPU, so times are noisy (whole run "
-            f"{total:.0f} s). Command: `{command}`.",
+            f"{total:.0f} s); one torch thread by default, because with two threads on a busy "
+            "machine every small parallel op waits for the slower thread's time slice, which "
+            "swamps what is measured. Command: `" + command + "`.",
         ]
     )
     path = update_section("loss_bench", body)
@@ -189,7 +191,13 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", nargs=3, metavar=("IMPL", "NEGATIVES", "B"))
     parser.add_argument("--scale", type=float, default=LOGIT_SCALE)
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per case (default 1: on a CPU shared with other jobs, two-thread "
+        "timings of many small parallel ops are dominated by scheduling stalls)",
+    )
     args = parser.parse_args()
     if args.child:
         impl, negatives, batch = args.child
