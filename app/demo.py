@@ -51,6 +51,9 @@ class DemoConfig:
     epochs: int | None = None  # None: the preset's
     max_steps: int | None = None  # None: the preset's (all epochs)
     n_bootstrap: int = 1000
+    # Symile and CLIP trained at once in two processes, each with half the cores: small
+    # models use one thread better than two, so this finishes sooner than one after another.
+    parallel_training: bool = True
     progress: bool = True
 
 
@@ -80,21 +83,37 @@ class _Steps:
         self.folder = out / STAMP_DIR
         self.ran: list[str] = []
 
+    @staticmethod
+    def _normal(inputs: dict[str, Any]) -> Any:
+        return json.loads(json.dumps(inputs, sort_keys=True, default=str))
+
+    def is_current(self, name: str, inputs: dict[str, Any], output: Path) -> bool:
+        """Whether `output` exists and OUT/.demo/<name>.json holds exactly `inputs`."""
+        stamp = self.folder / f"{name}.json"
+        return (
+            output.exists()
+            and stamp.exists()
+            and json.loads(stamp.read_text()) == self._normal(inputs)
+        )
+
+    def mark_done(self, name: str, inputs: dict[str, Any]) -> None:
+        """Record that `name` ran with `inputs`."""
+        _write_json_atomic(self.folder / f"{name}.json", self._normal(inputs))
+        self.ran.append(name)
+
     def run(
         self, name: str, inputs: dict[str, Any], output: Path, step: Callable[[], object]
     ) -> None:
         """Run `step` unless `output` exists and OUT/.demo/<name>.json holds `inputs`."""
         stamp = self.folder / f"{name}.json"
-        expected = json.loads(json.dumps(inputs, sort_keys=True, default=str))
-        if output.exists() and stamp.exists() and json.loads(stamp.read_text()) == expected:
+        if self.is_current(name, inputs, output):
             log.info("demo: %s is current, skipped", name)
             return
         stamp.unlink(missing_ok=True)  # a step that fails half-way is not current
         log.info("demo: %s ...", name)
         tick = time.perf_counter()
         step()
-        _write_json_atomic(stamp, expected)
-        self.ran.append(name)
+        self.mark_done(name, inputs)
         log.info("demo: %s done in %.1f s", name, time.perf_counter() - tick)
 
 
@@ -118,6 +137,44 @@ def _train(train_config: Any, dataset: Path, run_dir: Path, progress: bool) -> N
     if run_dir.exists():
         shutil.rmtree(run_dir)
     train(train_config, dataset, run_dir, progress=progress)
+
+
+def _train_worker(train_config: Any, dataset: Path, run_dir: Path, threads: int) -> Path:
+    """One training in a spawned process, with its own thread budget."""
+    import torch
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    torch.set_num_threads(threads)
+    _train(train_config, dataset, run_dir, progress=False)
+    return run_dir
+
+
+def _train_in_parallel(pending: list, dataset: Path, steps: _Steps) -> None:
+    """Train each pending (name, inputs, config, run_dir) in its own process; stamps each;
+    removes what finished from `pending` (a failure is raised after both have ended)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, (os.cpu_count() or 2) // len(pending))
+    log.info("demo: training %s in parallel ...", ", ".join(p[0] for p in pending))
+    tick = time.perf_counter()
+    context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
+    with ProcessPoolExecutor(max_workers=len(pending), mp_context=context) as pool:
+        futures = [
+            pool.submit(_train_worker, train_config, dataset, run_dir, threads)
+            for _, _, train_config, run_dir in pending
+        ]
+        results = [future.exception() for future in futures]
+    for item, error in zip(list(pending), results, strict=True):
+        if error is None:
+            steps.mark_done(item[0], item[1])
+            pending.remove(item)
+    failures = [error for error in results if error is not None]
+    if failures:
+        raise failures[0]
+    log.info("demo: parallel training done in %.1f s", time.perf_counter() - tick)
 
 
 def run_demo(config: DemoConfig) -> DemoResult:
@@ -171,11 +228,17 @@ def run_demo(config: DemoConfig) -> DemoResult:
     steps.run("preprocess", preprocess_inputs, dataset / "dataset.json", preprocess_step)
     dataset_sha = file_sha256(dataset / "dataset.json")
 
+    pending = []
     for objective, run_dir in (("symile", symile_run), ("clip", clip_run)):
         train_config = _train_config(config, objective)
         inputs = {"dataset": dataset_sha, "config": config_to_dict(train_config)}
+        if not steps.is_current(f"train-{objective}", inputs, run_dir / "checkpoints" / "last.pt"):
+            pending.append((f"train-{objective}", inputs, train_config, run_dir))
+    if config.parallel_training and len(pending) == 2:
+        _train_in_parallel(pending, dataset, steps)
+    for name, inputs, train_config, run_dir in pending:
         steps.run(
-            f"train-{objective}",
+            name,
             inputs,
             run_dir / "checkpoints" / "last.pt",
             lambda c=train_config, r=run_dir: _train(c, dataset, r, config.progress),

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from symile_clinical.checkpoint import load_checkpoint
 from symile_clinical.cli import main
@@ -43,7 +45,9 @@ from tests._dataset_factory import write_dataset, write_tiny_config
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_dataset(tmp_path_factory.mktemp("data") / "dataset", n_train=64, n_val=24)
+    return write_dataset(
+        tmp_path_factory.mktemp("data") / "dataset", n_train=64, n_val=24, ecg_samples=1000
+    )
 
 
 def _events(run_dir: Path, event: str) -> list[dict]:
@@ -121,6 +125,16 @@ def test_memmap_dataset_yields_model_ready_tensors(dataset: Path) -> None:
     batch = arrays.batch([7, 2, 5])
     assert batch["row"].tolist() == [7, 2, 5]
     torch.testing.assert_close(batch["cxr"][2], item["cxr"])
+
+
+def test_dataloader_workers_reopen_the_memmaps(dataset: Path) -> None:
+    data = MemmapDataset(dataset, "val")
+    assert pickle.loads(pickle.dumps(data))._arrays is None  # no array contents pickled
+    loader = DataLoader(data, batch_size=8, num_workers=2)
+    rows = torch.cat([batch["row"] for batch in loader])
+    assert rows.tolist() == list(range(24))
+    first = next(iter(loader))
+    torch.testing.assert_close(first["ecg"][3], data[3]["ecg"])
 
 
 def test_inconsistent_split_is_a_dataset_error(dataset: Path, tmp_path: Path) -> None:
@@ -235,7 +249,9 @@ def test_a_few_steps_lower_the_loss_and_the_checkpoint_reloads(
 
 @pytest.mark.slow
 def test_training_learns_the_planted_relation(tmp_path: Path) -> None:
-    data = write_dataset(tmp_path / "data", n_train=128, n_val=48, n_classes=4, seed=1)
+    data = write_dataset(
+        tmp_path / "data", n_train=128, n_val=48, n_classes=4, seed=1, ecg_samples=1000
+    )
     config = load_config(
         write_tiny_config(tmp_path / "c.toml", epochs=5, batch_size=32, lab_dropout=0.1)
     )

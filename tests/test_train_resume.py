@@ -31,7 +31,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_dataset(tmp_path_factory.mktemp("data") / "dataset", n_train=48, n_val=16)
+    return write_dataset(
+        tmp_path_factory.mktemp("data") / "dataset", n_train=48, n_val=16, ecg_samples=1000
+    )
 
 
 def _config_file(tmp_path: Path) -> Path:
