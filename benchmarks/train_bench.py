@@ -27,6 +27,22 @@ from symile_clinical.train import TrainStep, train_step
 N_LABS = 50
 
 
+def cpu_note() -> str:
+    """Caveats for CPU numbers: shared cores, and whether bf16 has hardware support."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        flags = ""
+    native = any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
+    return "CPU numbers were taken while other work shared the cores: noisy. " + (
+        "This CPU has bf16 instructions."
+        if native
+        else "This CPU has no AVX-512-BF16/AMX, so bf16 arithmetic is emulated and eager "
+        "bf16 autocast is slower than fp32; on CPU, bf16 pays off only once torch.compile "
+        "fuses the casts."
+    )
+
+
 def synthetic_batch(
     config: TrainConfig, batch: int, device: torch.device, channels_last: bool
 ) -> dict[str, torch.Tensor]:
@@ -130,7 +146,7 @@ def main() -> int:
         f"{batch_size}, {steps} timed steps after {warmup} warm-up, "
         f"device {'CUDA' if cuda else 'CPU'}. Ratios are against fp32 measured in the same "
         "run."
-        + ("" if cuda else " CPU numbers were taken while other work shared the 2 cores: noisy.")
+        + ("" if cuda else " " + cpu_note())
         + "\n\n| variant | samples/s | vs fp32 |\n|---|---|---|\n"
         + "\n".join(rows)
     )
