@@ -46,7 +46,7 @@ REAL_DICOMS = (
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory) -> Path:
-    """48 admissions with small images and a quarter of them given a broken file."""
+    """48 admissions with small images and two in five given a broken file."""
     out = tmp_path_factory.mktemp("synth") / "cohort"
     generate_cohort(
         SynthConfig(
@@ -54,7 +54,7 @@ def cohort(tmp_path_factory) -> Path:
             admissions=48,
             seed=7,
             joint_fraction=0.5,
-            corrupt_fraction=0.25,
+            corrupt_fraction=0.4,
             cxr_max_size=128,
             progress=False,
         )
