@@ -160,10 +160,21 @@ def read_ecg_upload(
     return UploadedEcg(header, millivolts, normalise_ecg(millivolts, normalisation))
 
 
-def _lab_lookup(labs_spec: Sequence[Mapping[str, Any]]) -> tuple[dict[int, int], dict[str, int]]:
+def _lab_lookup(
+    labs_spec: Sequence[Mapping[str, Any]],
+) -> tuple[dict[int, int], dict[str, int], dict[str, list[int]]]:
+    """Column of each itemid and of each unique label; labels naming several labs.
+
+    MIMIC-IV reuses labels across fluids (Glucose, Creatinine, pH in blood and urine), so
+    a top-K lab list may hold one label twice: such a label is ambiguous, not a lookup.
+    """
     by_itemid = {int(spec["itemid"]): i for i, spec in enumerate(labs_spec)}
-    by_label = {str(spec["label"]).strip().lower(): i for i, spec in enumerate(labs_spec)}
-    return by_itemid, by_label
+    columns: dict[str, list[int]] = {}
+    for i, spec in enumerate(labs_spec):
+        columns.setdefault(str(spec["label"]).strip().lower(), []).append(i)
+    by_label = {label: found[0] for label, found in columns.items() if len(found) == 1}
+    ambiguous = {label: found for label, found in columns.items() if len(found) > 1}
+    return by_itemid, by_label, ambiguous
 
 
 def read_labs_csv(
@@ -191,7 +202,7 @@ def read_labs_csv(
         raise UploadError(
             name, f"columns itemid or label, and value expected; found {list(table.columns)}"
         )
-    by_itemid, by_label = _lab_lookup(labs_spec)
+    by_itemid, by_label, ambiguous = _lab_lookup(labs_spec)
     values: dict[int, float] = {}
     unknown, not_numeric = [], []
     for line, record in enumerate(table.to_dict("records"), start=2):
@@ -202,6 +213,13 @@ def read_labs_csv(
         index = None
         if key.isdigit():
             index = by_itemid.get(int(key))
+        if index is None and key.lower() in ambiguous:
+            itemids = ", ".join(str(labs_spec[i]["itemid"]) for i in ambiguous[key.lower()])
+            raise UploadError(
+                name,
+                f"line {line}: label {key!r} names several labs (itemids {itemids}): "
+                "give the itemid instead",
+            )
         if index is None:
             index = by_label.get(key.lower())
         if index is None:

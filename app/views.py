@@ -201,9 +201,12 @@ def admission_ecg(context: RunContext, row: int) -> tuple[np.ndarray, str]:
     from preprocessing.errors import InvalidRecord
     from preprocessing.layout import MimicRoot
 
-    root = context.dataset.get("source", {}).get("mimic_root")
-    if root:
-        record = MimicRoot(Path(root)).ecg / str(context.manifest["ecg_path"].iloc[row])
+    source = context.dataset.get("source", {})
+    root = source.get("mimic_root")
+    # ecg_dir: where preprocess read the ECG release (--ecg-dir may put it outside the root).
+    ecg_dir = source.get("ecg_dir") or (MimicRoot(Path(root)).ecg if root else None)
+    if ecg_dir:
+        record = Path(ecg_dir) / str(context.manifest["ecg_path"].iloc[row])
         if record.with_suffix(".hea").exists():
             try:
                 return load_ecg_record(record), "mV"

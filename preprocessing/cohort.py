@@ -81,7 +81,9 @@ def earliest_in_window(
             "_position": np.arange(len(admissions)),
         }
     ).sort_values("_start", kind="stable")
-    right = events.drop_duplicates(["subject_id", time_column], keep="first")
+    # An event without a time (NaT) can be in no window, and merge_asof refuses null keys.
+    right = events[events[time_column].notna()]
+    right = right.drop_duplicates(["subject_id", time_column], keep="first")
     right = right.sort_values(time_column, kind="stable").rename(columns={time_column: "_time"})
     right["_time"] = right["_time"].astype("datetime64[ns]")
     merged = pd.merge_asof(

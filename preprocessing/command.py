@@ -6,9 +6,18 @@ import argparse
 
 
 def _floats(text: str) -> tuple[float, float]:
-    """'-24,24' -> (-24.0, 24.0)."""
-    low, high = (float(part) for part in text.split(","))
+    """'-24,24' -> (-24.0, 24.0); argparse reports anything else as an invalid window."""
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not LO,HI in hours") from None
+    if not low < high:
+        raise argparse.ArgumentTypeError(f"window {text!r}: LO must be below HI")
     return low, high
+
+
+# argparse reads a value starting with '-' as an option: a negative LO needs the '=' form.
+WINDOW_HELP = "hours from admittime; write --{name}=LO,HI when LO is negative (default {default})"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,21 +55,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=_floats,
         default=(-24.0, 24.0),
         metavar="LO,HI",
-        help="hours from admittime",
+        help=WINDOW_HELP.format(name="ecg-window", default="-24,24"),
     )
     parser.add_argument(
         "--lab-window",
         type=_floats,
         default=(-24.0, 24.0),
         metavar="LO,HI",
-        help="hours from admittime",
+        help=WINDOW_HELP.format(name="lab-window", default="-24,24"),
     )
     parser.add_argument(
         "--cxr-window",
         type=_floats,
         default=(24.0, 72.0),
         metavar="LO,HI",
-        help="hours from admittime (LO exclusive)",
+        help=WINDOW_HELP.format(name="cxr-window", default="24,72") + "; LO exclusive",
     )
     parser.add_argument(
         "--cxr-views", type=str, default="AP,PA", help="accepted ViewPosition values"

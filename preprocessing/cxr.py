@@ -144,7 +144,8 @@ def display_values(pixels: np.ndarray, ds) -> np.ndarray:
     if high - low > 65535:
         return grey_levels(pixels, ds)
     table = grey_levels(np.arange(low, high + 1, dtype=np.int64), ds)
-    return table[pixels - low] if low else table[pixels]
+    # int32: in the stored dtype, pixels - low wraps around for signed 16-bit images.
+    return table[pixels.astype(np.int32) - low] if low else table[pixels]
 
 
 def dicom_to_unit_image(path: str | Path) -> np.ndarray:

@@ -542,6 +542,9 @@ def _dataset_json(
     config: PreprocessConfig, fingerprint: str, labs_spec: list[dict], split_sizes: dict
 ) -> dict:
     """dataset.json (docs/formats.md), plus the settings fingerprint and the source root."""
+    paths = tables.RootPaths.from_root(
+        Path(config.mimic_root), config.hosp_dir, config.ecg_dir, config.cxr_dir
+    )
     return {
         "schema_version": SCHEMA_VERSION,
         "created_by": f"symile-clinical {_version()}",
@@ -559,7 +562,13 @@ def _dataset_json(
         "splits": split_sizes,
         "candidates_per_query": config.candidates,
         "cohort": config.windows.as_json(),
-        "source": {"mimic_root": str(config.mimic_root)},
+        "source": {
+            "mimic_root": str(config.mimic_root),
+            # The releases as read (--ecg-dir/--cxr-dir may place them outside the root):
+            # manifest paths are relative to these.
+            "ecg_dir": str(paths.ecg),
+            "cxr_dir": str(paths.cxr),
+        },
     }
 
 

@@ -132,16 +132,17 @@ def study_datetime(study_date: pd.Series, study_time: pd.Series) -> pd.Series:
     """DICOM StudyDate (YYYYMMDD) + StudyTime (HHMMSS.frac, leading zeros lost) -> datetime64.
 
     MIMIC-CXR's metadata stores StudyTime as a number, so 00:53:12 reads as 5312.0; the
-    arithmetic below is the zero-padding that restores HH, MM and SS.
+    arithmetic below is the zero-padding that restores HH, MM and SS. A missing or
+    unparseable date or time gives NaT (no CXR time: never inside a window), not midnight.
     """
-    date = pd.to_datetime(study_date.astype("int64").astype(str), format="%Y%m%d")
-    time = pd.to_numeric(study_time, errors="coerce").fillna(0.0).to_numpy(dtype=np.float64)
+    days = pd.to_numeric(study_date, errors="coerce").astype("Int64").astype(str)
+    date = pd.to_datetime(days, format="%Y%m%d", errors="coerce")
+    time = pd.to_numeric(study_time, errors="coerce").to_numpy(dtype=np.float64)
     hours = np.floor(time / 10000.0)
     minutes = np.floor(time / 100.0) % 100.0
     seconds = time - hours * 10000.0 - minutes * 100.0
-    offset = pd.to_timedelta(
-        np.round((hours * 3600.0 + minutes * 60.0 + seconds) * 1e6).astype("int64"), unit="us"
-    )
+    microseconds = np.round((hours * 3600.0 + minutes * 60.0 + seconds) * 1e6)
+    offset = pd.to_timedelta(pd.Series(microseconds, index=study_time.index), unit="us")
     return date + offset
 
 

@@ -349,6 +349,18 @@ def test_labs_csv_by_label_is_case_insensitive_and_empty_is_missing() -> None:
     assert values == {50912: 1.1}
 
 
+def test_labs_csv_refuses_a_label_that_names_two_labs() -> None:
+    """MIMIC-IV labels repeat across fluids: a label must not silently pick one of them."""
+    spec = [
+        {"itemid": 50931, "label": "Glucose", "fluid": "Blood"},
+        {"itemid": 51478, "label": "Glucose", "fluid": "Urine"},
+    ]
+    with pytest.raises(UploadError, match="51478"):
+        read_labs_csv("l.csv", labs_csv([("Glucose", "90")], "label"), spec)
+    by_itemid = read_labs_csv("l.csv", labs_csv([("50931", "90")], "itemid"), spec)
+    assert by_itemid == {50931: 90.0}
+
+
 def test_rank_candidates_matches_a_full_sort() -> None:
     import pandas as pd
 
@@ -372,3 +384,26 @@ def test_rank_candidates_matches_a_full_sort() -> None:
         )
         assert ranking.true_rank == [positions[i] for i in order].index(7) + 1
         assert ranking.pool_size == len(positions)
+
+
+def test_admission_ecg_reads_the_ecg_release_preprocess_read(tmp_path: Path) -> None:
+    """--ecg-dir outside the MIMIC root: the app finds the record through dataset.json."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from app.views import admission_ecg
+    from preprocessing.pipeline import PreprocessConfig, _dataset_json
+
+    ecg_dir = tmp_path / "physionet" / "mimic-iv-ecg" / "1.0"
+    write_wfdb(ecg_dir / "files/p1000/p10000032/s40689238", "40689238")
+    config = PreprocessConfig(mimic_root=tmp_path / "root", out=tmp_path / "out", ecg_dir=ecg_dir)
+    dataset = _dataset_json(config, "f", [], {})
+    assert dataset["source"]["ecg_dir"] == str(ecg_dir)
+    context = SimpleNamespace(
+        dataset=dataset,
+        manifest=pd.DataFrame({"ecg_path": ["files/p1000/p10000032/s40689238/40689238"]}),
+        arrays=SimpleNamespace(ecg=np.zeros((1, 12, 5000), np.float16)),
+    )
+    signal, unit = admission_ecg(context, 0)
+    assert unit == "mV" and signal.shape == (12, 5000) and np.ptp(signal) > 0.1

@@ -42,3 +42,18 @@ def test_console_script_help_runs() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "preprocess" in result.stdout
+
+
+def test_preprocess_windows_parse_and_bad_ones_are_usage_errors(capsys) -> None:
+    parser = build_parser()
+    base = ["preprocess", "--mimic-root", "r", "--out", "o"]
+    args = parser.parse_args([*base, "--ecg-window=-12,12", "--cxr-window", "12,48"])
+    assert args.ecg_window == (-12.0, 12.0) and args.cxr_window == (12.0, 48.0)
+    for bad in ("--cxr-window=72,24", "--lab-window=a,b", "--lab-window=1"):
+        try:
+            parser.parse_args([*base, bad])
+        except SystemExit as error:
+            assert error.code == 2
+        else:
+            raise AssertionError(f"{bad} accepted")
+    assert "LO must be below HI" in capsys.readouterr().err

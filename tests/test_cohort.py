@@ -11,6 +11,7 @@ from preprocessing.cohort import (
     REASON_NO_LABS,
     CohortWindows,
     build_cohort,
+    earliest_in_window,
     first_lab_values,
 )
 from preprocessing.tables import study_datetime
@@ -174,3 +175,25 @@ def test_study_time_zero_padding() -> None:
         pd.Timestamp("2180-07-23 00:53:12.5"),
         pd.Timestamp("2180-07-23 08:44:00"),
     ]
+
+
+def test_missing_study_date_or_time_is_no_time_not_midnight() -> None:
+    out = study_datetime(
+        pd.Series([21800723, np.nan, 21800723]), pd.Series([84400.123, 84400.0, np.nan])
+    )
+    assert out.iloc[0] == pd.Timestamp("2180-07-23 08:44:00.123")
+    assert out.iloc[1:].isna().all()
+
+
+def test_events_without_a_time_are_in_no_window() -> None:
+    admissions = pd.DataFrame({"subject_id": [1, 2], "admittime": [T0, T0]})
+    events = pd.DataFrame(
+        {
+            "subject_id": [1, 2, 2],
+            "ecg_time": [pd.NaT, pd.NaT, T0 + pd.Timedelta(hours=1)],
+            "ecg_study_id": [10, 20, 21],
+        }
+    )
+    found = earliest_in_window(admissions, events, "ecg_time", (-24, 24))
+    assert found["ecg_time"].isna().tolist() == [True, False]
+    assert found["ecg_study_id"].iloc[1] == 21

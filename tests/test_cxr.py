@@ -15,7 +15,14 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from preprocessing.cxr import dicom_to_unit_image, load_cxr_image, square_crop, window
+from preprocessing.cxr import (
+    dicom_to_unit_image,
+    display_values,
+    grey_levels,
+    load_cxr_image,
+    square_crop,
+    window,
+)
 from preprocessing.errors import InvalidRecord
 
 CXR = "cxr"
@@ -203,3 +210,12 @@ def test_square_crop_keeps_centre() -> None:
     out = square_crop(image, 50)
     assert out.shape == (50, 50)
     assert out[:, 2:-2].min() > 0.99 and out.min() > 0.5  # only antialiasing at the edges
+
+
+def test_lookup_table_path_equals_per_pixel_rules_for_signed_pixels() -> None:
+    """A signed 16-bit image spanning more than 32767 levels: pixels - min must not wrap."""
+    ds = pydicom.Dataset()
+    ds.BitsStored, ds.BitsAllocated, ds.PixelRepresentation = 16, 16, 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    pixels = np.random.default_rng(0).integers(-20000, 20001, (600, 600)).astype(np.int16)
+    np.testing.assert_array_equal(display_values(pixels, ds), grey_levels(pixels, ds))

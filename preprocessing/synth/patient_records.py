@@ -156,21 +156,11 @@ class PatientRows:
 # CORRUPTED.csv row once labevent_id is known, and the admission the row belongs to (ED
 # labs drawn before admittime have an empty hadm_id, as in MIMIC).
 LAB_ROW_COLUMNS = (
-    "subject_id",
-    "hadm_id",
-    "specimen_key",
-    "itemid",
-    "order_provider_id",
-    "charttime",
-    "storetime",
-    "value",
-    "valuenum",
-    "valueuom",
-    "ref_range_lower",
-    "ref_range_upper",
-    "flag",
-    "priority",
-    "comments",
+    *(
+        "specimen_key" if c == "specimen_id" else c
+        for c in layout.LABEVENTS_COLUMNS
+        if c != "labevent_id"
+    ),
     "corrupt_reason",
     "admission_hadm_id",
 )
