@@ -144,10 +144,18 @@ def decode_shard(task: ShardTask) -> int:
             ecg[row] = normalise_ecg(signal, task.ecg_normalisation).astype(np.float16)
         except InvalidRecord as error:
             problems.append(_problem("ecg", error))
+        except MemoryError:  # the machine's problem, not the file's: stop (resumable)
+            raise
+        except Exception as error:  # a rule no reader foresaw: one bad file never stops the run
+            problems.append(_problem("ecg", _unexpected(ecg_path, error)))
         try:
             cxr[row] = load_cxr_image(cxr_path, task.cxr_size)
         except InvalidRecord as error:
             problems.append(_problem("cxr", error))
+        except MemoryError:
+            raise
+        except Exception as error:
+            problems.append(_problem("cxr", _unexpected(cxr_path, error)))
         status.append(problems)
     ecg.flush()
     cxr.flush()
@@ -158,6 +166,11 @@ def decode_shard(task: ShardTask) -> int:
     except OSError:  # another process committed the same shard first
         shutil.rmtree(staging, ignore_errors=True)
     return task.index
+
+
+def _unexpected(path: str, error: Exception) -> InvalidRecord:
+    """An error a reader did not anticipate (odd tags, decoder bugs) as a quarantine reason."""
+    return InvalidRecord(path, f"{type(error).__name__}: {error}", kind="unexpected_error")
 
 
 def _problem(stage: str, error: InvalidRecord) -> dict:

@@ -569,3 +569,28 @@ def test_cli_bad_root_exit_status(tmp_path: Path) -> None:
     from symile_clinical.cli import main
 
     assert main(["preprocess", "--mimic-root", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_an_unforeseen_reader_error_quarantines_the_file_not_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An odd DICOM tag raising ValueError deep in a reader is one file's problem."""
+    from preprocessing import pipeline
+
+    def odd_tag(path, size):
+        raise ValueError("could not convert string to float: 'N/A'")
+
+    monkeypatch.setattr(pipeline, "load_cxr_image", odd_tag)
+    task = pipeline.ShardTask(
+        index=0,
+        directory=str(tmp_path / "shards" / "00000"),
+        ecg_paths=(str(tmp_path / "missing"),),
+        cxr_paths=(str(tmp_path / "odd.dcm"),),
+        cxr_size=8,
+        ecg_normalisation="minmax",
+    )
+    pipeline.decode_shard(task)
+    [[ecg, cxr]] = pipeline.read_shard_status(Path(task.directory))
+    assert ecg["kind"] == "missing_file"
+    assert cxr["kind"] == "unexpected_error" and cxr["file"] == str(tmp_path / "odd.dcm")
+    assert "ValueError" in cxr["reason"]
