@@ -23,7 +23,7 @@ import pandas as pd
 
 from preprocessing.ecg import load_ecg_record, normalise_ecg
 from preprocessing.errors import InvalidRecord
-from preprocessing.labs import percentiles_from_cdf
+from preprocessing.labs import observed_mask, percentiles_from_cdf
 
 log = logging.getLogger(__name__)
 
@@ -261,6 +261,6 @@ def lab_inputs(
         value = values.get(int(spec["itemid"]))
         if value is not None and np.isfinite(value):
             raw[i] = float(value)
-    observed = np.isfinite(raw).astype(np.float32)
+    observed = observed_mask(raw, list(labs_spec)).astype(np.float32)
     percentiles = percentiles_from_cdf(raw, observed, list(labs_spec))
     return raw, np.asarray(percentiles, np.float32), observed

@@ -77,6 +77,17 @@ def fit_lab_percentiles(
     return specs
 
 
+def observed_mask(values: np.ndarray, labs_spec: Sequence[Mapping]) -> np.ndarray:
+    """bool [N, L] (or [L]): 1 = observed, a finite value of a lab that training has seen.
+
+    A lab with no training values has no CDF: its value carries no information the model
+    was trained on, so it is marked missing, exactly as if it had not been measured.
+    """
+    raw = np.asarray(values, dtype=np.float64)
+    fitted = np.array([len(spec["cdf_values"]) > 0 for spec in labs_spec], dtype=bool)
+    return np.isfinite(raw) & fitted
+
+
 def percentiles_from_cdf(
     values: np.ndarray, observed: np.ndarray, labs_spec: Sequence[Mapping]
 ) -> np.ndarray:

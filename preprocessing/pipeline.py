@@ -40,7 +40,7 @@ from preprocessing.cohort import CohortWindows
 from preprocessing.cxr import DEFAULT_CXR_SIZE, load_cxr_image
 from preprocessing.ecg import NORMALISATIONS, load_ecg_record, normalise_ecg
 from preprocessing.errors import IncompatibleOutput, InvalidRecord
-from preprocessing.labs import fit_lab_percentiles, percentiles_from_cdf
+from preprocessing.labs import fit_lab_percentiles, observed_mask, percentiles_from_cdf
 from preprocessing.quarantine import (
     quarantine_frame,
     reason_kind,
@@ -480,6 +480,7 @@ def run_preprocess(config: PreprocessConfig) -> PreprocessReport:
         values, observed = values[:, columns], observed[:, columns]
     descriptions = _lab_descriptions(itemids, cohort.d_labitems)
     labs_spec = fit_lab_percentiles(values[train], observed[train], itemids, descriptions)
+    observed = observed_mask(values, labs_spec)
     percentiles = percentiles_from_cdf(values, observed, labs_spec)
     timings["splits_and_labs"] = time.perf_counter() - tick
 

@@ -54,6 +54,7 @@ from symile_clinical.data import (
     load_candidate_sets,
     read_dataset_json,
 )
+from symile_clinical.index import run_dataset_dir
 from symile_clinical.report import (
     ExampleQuery,
     plot_accuracy_by_lab_bins,
@@ -422,10 +423,10 @@ def evaluate_run(
 def evaluate(config: EvaluateConfig) -> EvaluationResult:
     """Evaluate config.run_dir (and config.compare) and write the report folder."""
     main = load_run(config.run_dir, checkpoint=config.checkpoint, device=config.device)
-    data_dir = config.data_dir or main.data_dir
-    if data_dir is None:
+    if config.data_dir is None and main.data_dir is None:
         raise EvaluationError(config.run_dir, "config.json names no dataset: pass --data")
-    data_dir = Path(data_dir)
+    # The same resolution as the index and the app: as written, else relative to the run.
+    data_dir = Path(config.data_dir) if config.data_dir else run_dataset_dir(main)
     others = [
         load_run(p, checkpoint=config.checkpoint, device=config.device) for p in config.compare
     ]

@@ -12,6 +12,7 @@ from preprocessing.labs import (
     cdf_points,
     fit_lab_percentiles,
     mid_rank_percentile,
+    observed_mask,
     percentiles_from_cdf,
 )
 
@@ -79,3 +80,14 @@ def test_single_panel_and_nan_treated_as_missing() -> None:
     assert out[0, 0] == pytest.approx(spec[0]["fill_percentile"])
     with pytest.raises(ValueError):
         percentiles_from_cdf(np.zeros((2, 3)), np.ones((2, 3)), spec)
+
+
+def test_a_lab_training_never_saw_is_marked_missing_even_when_measured() -> None:
+    rng = np.random.default_rng(3)
+    train = rng.normal(size=(50, 2))
+    train_observed = np.ones((50, 2), dtype=bool)
+    train_observed[:, 1] = False
+    spec = fit_lab_percentiles(train, train_observed, [50912, 50971], {})
+    query = np.array([[1.0, 4.2], [np.nan, 3.9]])
+    np.testing.assert_array_equal(observed_mask(query, spec), [[True, False], [False, False]])
+    np.testing.assert_array_equal(observed_mask(query[0], spec), [True, False])
