@@ -90,6 +90,16 @@ def show_ecg(signal: np.ndarray, fs: float, unit: str) -> None:
     st.image(ecg_png(signal, fs, unit), caption=f"12-lead ECG ({unit} against seconds)")
 
 
+def choose_k(container, pool_size: int, key: str | None = None) -> int:
+    """How many results to show: a slider up to min(50, pool), or the whole pool when a
+    slider cannot be drawn (Streamlit refuses one whose min equals its max)."""
+    if pool_size <= 1:
+        container.caption(f"k = {pool_size}: the pool holds {pool_size} candidate(s)")
+        return pool_size
+    top = min(50, pool_size)
+    return int(container.slider("k (results shown)", 1, top, min(10, top), key=key))
+
+
 def show_ranking(context: RunContext, ranking: Ranking, key: str, page_size: int) -> None:
     """A grid of result thumbnails with rank, score and probability; the true one marked."""
     if ranking.true_rank is not None:

@@ -407,3 +407,22 @@ def test_admission_ecg_reads_the_ecg_release_preprocess_read(tmp_path: Path) -> 
     )
     signal, unit = admission_ecg(context, 0)
     assert unit == "mV" and signal.shape == (12, 5000) and np.ptp(signal) > 0.1
+
+
+def _choose_k_script() -> None:
+    import streamlit as st
+
+    from app.views import choose_k
+
+    for size in (1, 3, 200):
+        st.session_state[f"k_{size}"] = choose_k(st, size, key=f"slider_{size}")
+
+
+def test_k_is_chosen_for_any_pool_size_including_one_candidate() -> None:
+    at = AppTest.from_function(_choose_k_script).run()
+    assert not at.exception
+    assert at.session_state["k_1"] == 1  # no slider: Streamlit refuses min == max
+    assert at.session_state["k_3"] == 3 and at.session_state["k_200"] == 10
+    sliders = {s.key: s for s in at.slider}
+    assert set(sliders) == {"slider_3", "slider_200"}
+    assert sliders["slider_200"].max == 50

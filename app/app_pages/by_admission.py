@@ -63,7 +63,7 @@ if pool_name == PAPER_POOL and pool is None:
         "This dataset has no saved candidate set for this admission: the whole index is used."
     )
 pool_size = len(pool) if pool is not None else len(context.index)
-k = right.slider("k (results shown)", 1, min(50, pool_size), min(10, pool_size), key="k")
+k = views.choose_k(right, pool_size, key="k")
 
 query = admission_query(run_key, row)
 embeddings = admission_embeddings(run_key, views.run_stamp(Path(run_key)), row)

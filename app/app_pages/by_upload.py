@@ -81,7 +81,7 @@ except UploadError as error:
 values = {int(spec["itemid"]): st.session_state[lab_key(spec)] for spec in context.labs_spec}
 raw, percentiles, observed = lab_inputs(values, context.labs_spec)
 query = Query(ecg=ecg.normalised, labs=percentiles, observed=observed)
-k = st.slider("k (results shown)", 1, min(50, len(context.index)), min(10, len(context.index)))
+k = views.choose_k(st, len(context.index))
 ranking = views.rank_with(context, query, k, pool=None, true_position=None)
 st.subheader(f"Top candidates among {len(context.index)} CXRs")
 views.show_ranking(context, ranking, key="upload", page_size=k)
