@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import zipfile
 from pathlib import Path
 
@@ -407,6 +408,13 @@ def test_admission_ecg_reads_the_ecg_release_preprocess_read(tmp_path: Path) -> 
     )
     signal, unit = admission_ecg(context, 0)
     assert unit == "mV" and signal.shape == (12, 5000) and np.ptp(signal) > 0.1
+
+
+@pytest.fixture(autouse=True)
+def _restore_main_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    """AppTest runs scripts as __main__ and leaves it swapped; later tests that spawn
+    processes (DDP, worker pools) would re-run that script in their children."""
+    monkeypatch.setitem(sys.modules, "__main__", sys.modules["__main__"])
 
 
 def _choose_k_script() -> None:
