@@ -54,7 +54,7 @@ from symile_clinical.data import (
     read_dataset_json,
 )
 from symile_clinical.losses import clip_loss, symile_loss
-from symile_clinical.retrieval import true_item_ranks
+from symile_clinical.retrieval import candidate_set_scores, true_item_ranks
 from symile_clinical.runs import CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE
 from symile_clinical.similarity import score_fn
 
@@ -298,7 +298,7 @@ def retrieval_accuracy(
     ecg_emb, labs_emb, cxr_emb = embeddings
     rows = torch.as_tensor(np.array(candidates.query_rows, dtype=np.int64))
     scores = score_fn(objective)(cxr_emb, [ecg_emb[rows], labs_emb[rows]]).numpy()
-    candidate_scores = np.take_along_axis(scores, candidates.candidate_rows, axis=1)
+    candidate_scores = candidate_set_scores(scores, candidates.candidate_rows)
     ranks = true_item_ranks(candidate_scores, candidates.true_position, np.random.default_rng(seed))
     return float((ranks == 1).mean())
 
