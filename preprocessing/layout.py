@@ -7,8 +7,10 @@ the synthetic cohort is laid out exactly as PhysioNet publishes:
                            and d_labitems as ``.csv.gz``
 - MIMIC-IV-ECG:            ``<root>/mimic-iv-ecg/record_list.csv`` and WFDB records at
                            ``files/p1000/p10000032/s40689238/40689238.{hea,dat}``
-- MIMIC-CXR (DICOM):       ``<root>/mimic-cxr/{cxr-record-list,mimic-cxr-2.0.0-metadata}.csv.gz``
-                           and ``files/p10/p10000032/s50414267/<dicom_id>.dcm``
+- MIMIC-CXR (DICOM):       ``<root>/mimic-cxr/cxr-record-list.csv.gz`` and
+                           ``files/p10/p10000032/s50414267/<dicom_id>.dcm``, plus
+                           ``mimic-cxr-2.0.0-metadata.csv.gz`` (shipped with MIMIC-CXR-JPG;
+                           without it the DICOM headers are read)
 - MIMIC-CXR-JPG:           the same layout with ``.jpg`` files.
 """
 

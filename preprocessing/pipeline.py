@@ -297,7 +297,16 @@ def select_cohort(
     """Read the tables, join them by time window; exclusions and malformed lab rows noted."""
     admissions = tables.read_admissions(found["admissions"])
     ecgs = tables.read_ecg_record_list(found["ecg_record_list"])
-    cxrs = tables.read_cxr_metadata(found["cxr_metadata"], found.get("cxr_record_list"))
+    if "cxr_metadata" in found:
+        cxrs = tables.read_cxr_metadata(found["cxr_metadata"], found.get("cxr_record_list"))
+    else:  # the MIMIC-CXR DICOM release: no metadata table, so read the DICOM headers
+        cxrs = tables.cxr_metadata_from_headers(
+            paths.cxr,
+            found["cxr_record_list"],
+            config.workers,
+            config.progress,
+            subject_ids=admissions["subject_id"].unique(),
+        )
     ordered = cohort_module.sort_admissions(admissions.drop_duplicates("hadm_id"))
     candidates, excluded_modality = cohort_module.select_modalities(
         ordered, ecgs, cxrs, config.windows

@@ -7,8 +7,10 @@ Tables are found as ``.csv.gz`` (as PhysioNet ships them) or as decompressed ``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,10 @@ CXR_METADATA_NEEDED = (
     "StudyTime",
 )
 CXR_RECORD_LIST_NEEDED = ("dicom_id", "path")
+# Without the metadata table, the record list alone names the images and their ids.
+CXR_RECORD_LIST_FOR_HEADERS = ("subject_id", "study_id", "dicom_id", "path")
+CXR_HEADER_TAGS = ("ViewPosition", "StudyDate", "StudyTime")
+CXR_HEADER_CHUNK = 256  # files read per task of the header pool
 LABEVENTS_NEEDED = ("labevent_id", "subject_id", "itemid", "charttime", "valuenum")
 D_LABITEMS_NEEDED = ("itemid", "label", "fluid")
 
@@ -76,15 +82,23 @@ def table_columns(path: Path) -> list[str]:
 
 
 def validate_root(paths: RootPaths, root: Path | None = None) -> dict[str, Path]:
-    """Check every table exists with the needed columns; InvalidRoot listing all problems."""
+    """Check every table exists with the needed columns; InvalidRoot listing all problems.
+
+    The CXR metadata table may be missing when ``cxr-record-list.csv.gz`` is there (the
+    MIMIC-CXR DICOM release): the metadata is then read from the DICOM headers.
+    """
+    has_metadata = find_table(paths.cxr, layout.CXR_METADATA_FILE) is not None
+    has_record_list = find_table(paths.cxr, layout.CXR_RECORD_LIST_FILE) is not None
+    record_list_needed = CXR_RECORD_LIST_NEEDED if has_metadata else CXR_RECORD_LIST_FOR_HEADERS
     wanted = {
         "admissions": (paths.hosp, layout.ADMISSIONS_FILE, ADMISSIONS_NEEDED, True),
         "labevents": (paths.hosp, layout.LABEVENTS_FILE, LABEVENTS_NEEDED, True),
         "d_labitems": (paths.hosp, layout.D_LABITEMS_FILE, D_LABITEMS_NEEDED, False),
         "ecg_record_list": (paths.ecg, layout.ECG_RECORD_LIST_FILE, ECG_NEEDED, True),
-        "cxr_metadata": (paths.cxr, layout.CXR_METADATA_FILE, CXR_METADATA_NEEDED, True),
-        # MIMIC-CXR-JPG ships no record list: paths then follow layout.cxr_image_path.
-        "cxr_record_list": (paths.cxr, layout.CXR_RECORD_LIST_FILE, CXR_RECORD_LIST_NEEDED, False),
+        # One of the two below is required (checked after the loop). MIMIC-CXR-JPG ships no
+        # record list: paths then follow layout.cxr_image_path.
+        "cxr_metadata": (paths.cxr, layout.CXR_METADATA_FILE, CXR_METADATA_NEEDED, False),
+        "cxr_record_list": (paths.cxr, layout.CXR_RECORD_LIST_FILE, record_list_needed, False),
     }
     found: dict[str, Path] = {}
     problems: list[str] = []
@@ -92,8 +106,7 @@ def validate_root(paths: RootPaths, root: Path | None = None) -> dict[str, Path]
         path = find_table(directory, file_name)
         if path is None:
             if required:
-                also = " (or its decompressed .csv)" if file_name.endswith(".gz") else ""
-                problems.append(f"missing table {directory / file_name}{also}")
+                problems.append(f"missing table {directory / file_name}{_decompressed(file_name)}")
             continue
         try:
             columns = table_columns(path)
@@ -105,13 +118,24 @@ def validate_root(paths: RootPaths, root: Path | None = None) -> dict[str, Path]
             problems.append(f"table {path} lacks columns {missing}")
             continue
         found[name] = path
+    if not (has_metadata or has_record_list):
+        metadata, record_list = layout.CXR_METADATA_FILE, layout.CXR_RECORD_LIST_FILE
+        problems.append(
+            f"missing table {paths.cxr / metadata}{_decompressed(metadata)}, or "
+            f"{paths.cxr / record_list}{_decompressed(record_list)} to read it from DICOM headers"
+        )
     if not (paths.ecg / "files").is_dir() and "ecg_record_list" in found:
         problems.append(f"missing ECG folder {paths.ecg / 'files'}")
-    if not (paths.cxr / "files").is_dir() and "cxr_metadata" in found:
+    if not (paths.cxr / "files").is_dir() and ({"cxr_metadata", "cxr_record_list"} & set(found)):
         problems.append(f"missing CXR folder {paths.cxr / 'files'}")
     if problems:
         raise InvalidRoot(root if root is not None else paths.hosp.parent.parent, problems)
     return found
+
+
+def _decompressed(file_name: str) -> str:
+    """The note that a decompressed table is also accepted."""
+    return " (or its decompressed .csv)" if file_name.endswith(".gz") else ""
 
 
 def read_admissions(path: Path) -> pd.DataFrame:
@@ -167,6 +191,106 @@ def read_cxr_metadata(metadata_path: Path, record_list_path: Path | None) -> pd.
             )
         ]
     return frame.drop(columns=["StudyDate", "StudyTime"])
+
+
+def cxr_metadata_from_headers(
+    cxr_dir: Path,
+    record_list_path: Path,
+    workers: int = 1,
+    progress: bool = False,
+    subject_ids: np.ndarray | None = None,
+) -> pd.DataFrame:
+    """What read_cxr_metadata returns, read from the DICOM headers the record list names.
+
+    For the MIMIC-CXR DICOM release, which ships ``cxr-record-list.csv.gz`` but not
+    ``mimic-cxr-2.0.0-metadata.csv.gz``. Only ViewPosition, StudyDate and StudyTime are
+    read (no pixels), in a process pool of `workers` over chunks of files. A file whose
+    header cannot be read (missing, not DICOM) gets ViewPosition "" and cxr_time NaT, so it
+    falls in no window; only their count is logged.
+
+    `subject_ids`, when given, limits the reads to those patients' images (the admissions
+    table's subjects): the release holds ~377k images, most of no cohort admission.
+
+    Returns dicom_id (str), subject_id, study_id (int64), ViewPosition (str), cxr_time
+    (datetime64), path (str, relative to `cxr_dir`), in the record list's order.
+    """
+    from tqdm import tqdm
+
+    frame = pd.read_csv(
+        record_list_path, usecols=list(CXR_RECORD_LIST_FOR_HEADERS), dtype={"dicom_id": str}
+    )
+    frame = frame.astype({"subject_id": "int64", "study_id": "int64", "path": str})
+    if subject_ids is not None:
+        frame = frame[frame["subject_id"].isin(subject_ids)].reset_index(drop=True)
+    files = [str(Path(cxr_dir) / path) for path in frame["path"]]
+    chunks = [files[i : i + CXR_HEADER_CHUNK] for i in range(0, len(files), CXR_HEADER_CHUNK)]
+    headers: list[tuple[str, str, str] | None] = [None] * len(files)
+    bar = tqdm(total=len(files), desc="CXR headers", unit=" files", disable=not progress)
+    if workers <= 1 or len(chunks) <= 1:
+        for index, chunk in enumerate(chunks):
+            start = index * CXR_HEADER_CHUNK
+            headers[start : start + len(chunk)] = read_cxr_headers(chunk)
+            bar.update(len(chunk))
+    else:
+        # spawn, as for decoding: workers start clean (no inherited threads or locks).
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            starts = {
+                pool.submit(read_cxr_headers, chunk): index * CXR_HEADER_CHUNK
+                for index, chunk in enumerate(chunks)
+            }
+            for future in as_completed(starts):
+                chunk_headers = future.result()
+                start = starts[future]
+                headers[start : start + len(chunk_headers)] = chunk_headers
+                bar.update(len(chunk_headers))
+    bar.close()
+    unreadable = sum(header is None for header in headers)
+    if unreadable:
+        log.warning(
+            "%d of %d CXR headers unreadable: no view or time, so in no window",
+            unreadable,
+            len(headers),
+        )
+    values = pd.DataFrame(
+        [header or ("", "", "") for header in headers],
+        columns=list(CXR_HEADER_TAGS),
+        index=frame.index,
+        dtype=str,
+    )
+    frame["ViewPosition"] = values["ViewPosition"].str.strip()
+    frame["cxr_time"] = study_datetime(
+        values["StudyDate"], values["StudyTime"].map(dicom_time_as_hhmmss)
+    )
+    frame["path"] = frame["path"].astype(object)
+    return frame[["dicom_id", "subject_id", "study_id", "ViewPosition", "cxr_time", "path"]]
+
+
+def read_cxr_headers(paths: Sequence[str]) -> list[tuple[str, str, str] | None]:
+    """ViewPosition, StudyDate, StudyTime of each DICOM as text; None where unreadable."""
+    import pydicom
+
+    headers: list[tuple[str, str, str] | None] = []
+    for path in paths:
+        try:
+            dataset = pydicom.dcmread(
+                path, stop_before_pixels=True, specific_tags=list(CXR_HEADER_TAGS)
+            )
+            headers.append(tuple(str(dataset.get(tag) or "") for tag in CXR_HEADER_TAGS))
+        except Exception:  # missing, not DICOM, truncated, undecodable value: one file's problem
+            headers.append(None)
+    return headers
+
+
+def dicom_time_as_hhmmss(value: str) -> str:
+    """A DICOM TM value as HHMMSS.frac, the form study_datetime reads.
+
+    TM may omit trailing components (``HHMM``, ``HH``) and old ACR-NEMA files write
+    ``HH:MM:SS``; both are padded or stripped here. An empty value stays empty (NaT).
+    """
+    whole, dot, fraction = value.strip().replace(":", "").partition(".")
+    if not whole:
+        return ""
+    return whole.ljust(6, "0") + dot + fraction
 
 
 def match_image_suffix(cxr_dir: Path, paths: pd.Series, probe: int = 32) -> pd.Series:

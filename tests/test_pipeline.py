@@ -424,7 +424,8 @@ def test_missing_table_fails_at_once_naming_it(small_root: Root, tmp_path: Path)
         run_preprocess(small_config(broken, tmp_path / "out"))
     message = str(caught.value)
     assert "labevents.csv.gz" in message and "record_list.csv" in message
-    assert "cxr-record-list" not in message  # optional: MIMIC-CXR-JPG ships none
+    # Either CXR table will do: the metadata, or the record list to read DICOM headers.
+    assert "mimic-cxr-2.0.0-metadata" in message and "cxr-record-list" in message
     assert not (tmp_path / "out").exists()
 
 
