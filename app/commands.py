@@ -106,24 +106,29 @@ def serve(run_dir: Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> 
 
 
 def run_app(args: argparse.Namespace) -> int:
-    """Serve the app for --run."""
-    import logging
+    """Serve the app for --run; RunUnavailableError (exit 1) when it is not a training run."""
+    from app.run_context import RunUnavailableError
+    from symile_clinical.runs import RunDir
 
-    if not (args.run_dir / "config.json").is_file():
-        logging.getLogger(__name__).error(
-            "app: %s is not a training run (no config.json)", args.run_dir
-        )
-        return 1
+    run = RunDir(args.run_dir)
+    if not run.has_config():
+        raise RunUnavailableError(run.config_path, "missing: not a training run directory")
     return serve(args.run_dir, args.host, args.port)
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
-    """Build (or keep) everything the demo needs, then serve the app unless --no-serve."""
+    """Build (or keep) everything the demo needs, then serve the app unless --no-serve.
+
+    A bad option value is a UsageError (exit 2); an input that cannot be used, exit 1.
+    """
     import logging
 
     from app.demo import DemoConfig, run_demo
-    from preprocessing.errors import PreprocessError
+    from symile_clinical.errors import UsageError
+    from symile_clinical.runs import RunDir
 
+    if args.bootstrap < 2:
+        raise UsageError("--bootstrap", "must be at least 2")
     config = DemoConfig(
         out=args.out,
         admissions=args.admissions,
@@ -133,17 +138,12 @@ def run_demo_command(args: argparse.Namespace) -> int:
         n_bootstrap=args.bootstrap,
         progress=not args.no_progress,
     )
-    log = logging.getLogger(__name__)
-    try:
-        result = run_demo(config)
-    except (PreprocessError, ValueError, OSError) as error:
-        log.error("demo: %s", error)
-        return 1
-    log.info(
+    result = run_demo(config)
+    logging.getLogger(__name__).info(
         "demo ready in %.0f s (ran: %s); report: %s",
         result.seconds,
         ", ".join(result.ran) or "nothing, all current",
-        result.symile_run / "report" / "report.md",
+        RunDir(result.symile_run).report_markdown,
     )
     if args.no_serve:
         return 0

@@ -21,15 +21,19 @@ import dataclasses
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from app.run_context import write_comparisons
+from symile_clinical.atomic import write_json_atomic
 from symile_clinical.checkpoint import file_sha256
+from symile_clinical.dataset_dir import DatasetDir
+from symile_clinical.runs import RunDir
+
+if TYPE_CHECKING:
+    from symile_clinical.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +73,6 @@ class DemoResult:
     seconds: float
 
 
-def _write_json_atomic(path: Path, values: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        json.dump(values, tmp, indent=2, sort_keys=True, default=str)
-    os.replace(tmp.name, path)
-
-
 class _Steps:
     """Runs each step unless its stamp (the inputs it was last run with) still matches."""
 
@@ -85,6 +82,7 @@ class _Steps:
 
     @staticmethod
     def _normal(inputs: dict[str, Any]) -> Any:
+        """`inputs` as its JSON stamp reads back: keys sorted, non-JSON values as str."""
         return json.loads(json.dumps(inputs, sort_keys=True, default=str))
 
     def is_current(self, name: str, inputs: dict[str, Any], output: Path) -> bool:
@@ -98,7 +96,7 @@ class _Steps:
 
     def mark_done(self, name: str, inputs: dict[str, Any]) -> None:
         """Record that `name` ran with `inputs`."""
-        _write_json_atomic(self.folder / f"{name}.json", self._normal(inputs))
+        write_json_atomic(self.folder / f"{name}.json", self._normal(inputs))
         self.ran.append(name)
 
     def run(
@@ -117,7 +115,8 @@ class _Steps:
         log.info("demo: %s done in %.1f s", name, time.perf_counter() - tick)
 
 
-def _train_config(config: DemoConfig, objective: str):
+def _train_config(config: DemoConfig, objective: str) -> TrainConfig:
+    """The preset's training config with the demo's objective, seed and epoch limits."""
     from symile_clinical.config import config_from_dict, load_config
 
     overrides: dict[str, Any] = {"objective": objective, "seed": config.seed, "device": "cpu"}
@@ -128,18 +127,18 @@ def _train_config(config: DemoConfig, objective: str):
     return config_from_dict(overrides, source="demo", base=load_config(config.train_preset))
 
 
-def _train(train_config: Any, dataset: Path, run_dir: Path, progress: bool) -> None:
+def _train(train_config: Any, dataset: Path, run: RunDir, progress: bool) -> None:
     """Train from scratch: a run left by an earlier, different or killed demo is replaced."""
     import shutil
 
     from symile_clinical.train import train
 
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    train(train_config, dataset, run_dir, progress=progress)
+    if run.path.exists():
+        shutil.rmtree(run.path)
+    train(train_config, dataset, run.path, progress=progress)
 
 
-def _train_worker(train_config: Any, dataset: Path, run_dir: Path, threads: int) -> Path:
+def _train_worker(train_config: Any, dataset: Path, run: RunDir, threads: int) -> RunDir:
     """One training in a spawned process, with its own thread budget."""
     import torch
 
@@ -147,12 +146,12 @@ def _train_worker(train_config: Any, dataset: Path, run_dir: Path, threads: int)
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     torch.set_num_threads(threads)
-    _train(train_config, dataset, run_dir, progress=False)
-    return run_dir
+    _train(train_config, dataset, run, progress=False)
+    return run
 
 
 def _train_in_parallel(pending: list, dataset: Path, steps: _Steps) -> None:
-    """Train each pending (name, inputs, config, run_dir) in its own process; stamps each;
+    """Train each pending (name, inputs, config, RunDir) in its own process; stamps each;
     removes what finished from `pending` (a failure is raised after both have ended)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -163,8 +162,8 @@ def _train_in_parallel(pending: list, dataset: Path, steps: _Steps) -> None:
     context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
     with ProcessPoolExecutor(max_workers=len(pending), mp_context=context) as pool:
         futures = [
-            pool.submit(_train_worker, train_config, dataset, run_dir, threads)
-            for _, _, train_config, run_dir in pending
+            pool.submit(_train_worker, train_config, dataset, run, threads)
+            for _, _, train_config, run in pending
         ]
         results = [future.exception() for future in futures]
     for item, error in zip(list(pending), results, strict=True):
@@ -181,16 +180,17 @@ def run_demo(config: DemoConfig) -> DemoResult:
     """Synthesise, preprocess, train Symile and CLIP, evaluate, index; skip what is current."""
     from preprocessing.pipeline import PreprocessConfig, run_preprocess
     from preprocessing.synth.config import SynthConfig
-    from preprocessing.synth.generate import generate_cohort
+    from preprocessing.synth.generate import MARKER_FILE, generate_cohort
     from symile_clinical.config import config_to_dict
     from symile_clinical.evaluate import EvaluateConfig, evaluate
     from symile_clinical.index import IndexConfig, ensure_index
-    from symile_clinical.runs import load_run
 
     start = time.perf_counter()
     out = Path(config.out)
     mimic, dataset = out / "mimic", out / "dataset"
     symile_run, clip_run = out / "runs" / "symile", out / "runs" / "clip"
+    data = DatasetDir(dataset)
+    runs = {"symile": RunDir(symile_run), "clip": RunDir(clip_run)}  # by objective
     steps = _Steps(out)
 
     synth = SynthConfig(
@@ -205,7 +205,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
     synth_inputs = {
         k: v for k, v in dataclasses.asdict(synth).items() if k not in ("workers", "progress")
     }
-    steps.run("synth", synth_inputs, mimic / "synth.json", lambda: generate_cohort(synth))
+    steps.run("synth", synth_inputs, mimic / MARKER_FILE, lambda: generate_cohort(synth))
 
     preprocess = PreprocessConfig(
         mimic_root=mimic,
@@ -225,29 +225,26 @@ def run_demo(config: DemoConfig) -> DemoResult:
         run_preprocess(preprocess)
 
     preprocess_inputs = {"synth": synth_inputs, "fingerprint": preprocess.fingerprint()}
-    steps.run("preprocess", preprocess_inputs, dataset / "dataset.json", preprocess_step)
-    dataset_sha = file_sha256(dataset / "dataset.json")
+    steps.run("preprocess", preprocess_inputs, data.dataset_json_path, preprocess_step)
+    dataset_sha = data.sha256()
 
     pending = []
-    for objective, run_dir in (("symile", symile_run), ("clip", clip_run)):
+    for objective, run in runs.items():
         train_config = _train_config(config, objective)
         inputs = {"dataset": dataset_sha, "config": config_to_dict(train_config)}
-        if not steps.is_current(f"train-{objective}", inputs, run_dir / "checkpoints" / "last.pt"):
-            pending.append((f"train-{objective}", inputs, train_config, run_dir))
+        if not steps.is_current(f"train-{objective}", inputs, run.last_checkpoint):
+            pending.append((f"train-{objective}", inputs, train_config, run))
     if config.parallel_training and len(pending) == 2:
         _train_in_parallel(pending, dataset, steps)
-    for name, inputs, train_config, run_dir in pending:
+    for name, inputs, train_config, run in pending:
         steps.run(
             name,
             inputs,
-            run_dir / "checkpoints" / "last.pt",
-            lambda c=train_config, r=run_dir: _train(c, dataset, r, config.progress),
+            run.last_checkpoint,
+            lambda c=train_config, r=run: _train(c, dataset, r, config.progress),
         )
 
-    checkpoints = {
-        name: file_sha256(load_run_checkpoint(run))
-        for name, run in (("symile", symile_run), ("clip", clip_run))
-    }
+    checkpoints = {name: file_sha256(run.checkpoint("best")) for name, run in runs.items()}
     evaluate_config = EvaluateConfig(
         run_dir=symile_run,
         data_dir=dataset,
@@ -258,24 +255,16 @@ def run_demo(config: DemoConfig) -> DemoResult:
     steps.run(
         "evaluate",
         {"checkpoints": checkpoints, "n_bootstrap": config.n_bootstrap, "dataset": dataset_sha},
-        symile_run / "report" / "metrics.json",
+        runs["symile"].report_metrics,
         lambda: evaluate(evaluate_config),
     )
 
-    for run_dir in (symile_run, clip_run):
-        _, rebuilt = ensure_index(
-            load_run(run_dir), IndexConfig(run_dir=run_dir, data_dir=dataset), config.progress
-        )
+    for name, run in runs.items():
+        index_config = IndexConfig(run_dir=run.path, data_dir=data.path)
+        _, rebuilt = ensure_index(run.load(), index_config, config.progress)
         if rebuilt:
-            steps.ran.append(f"index-{run_dir.name}")
-    write_comparisons(symile_run, [("CLIP", clip_run)])
+            steps.ran.append(f"index-{name}")
+    runs["symile"].write_comparisons([("CLIP", clip_run)])
     return DemoResult(
         mimic, dataset, symile_run, clip_run, tuple(steps.ran), time.perf_counter() - start
     )
-
-
-def load_run_checkpoint(run_dir: Path) -> Path:
-    """The checkpoint file the app and evaluation load for a run ("best", else "last")."""
-    from symile_clinical.runs import checkpoint_file
-
-    return checkpoint_file(run_dir, "best")

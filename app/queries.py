@@ -1,6 +1,8 @@
 """A query (ECG + labs) through the model into a ranking of candidate CXRs, and what drives it.
 
 Pure functions of arrays and a loaded model: the Streamlit pages only display their results.
+A query is embedded by `symile_clinical.embedding.embed_query` and turned into the vector
+candidates are dotted with by `symile_clinical.similarity.query_vector`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from symile_clinical.index import CandidateIndex, query_vectors, top_k_sorted
+from symile_clinical.index import CandidateIndex, top_k_sorted
+from symile_clinical.similarity import query_vector
 
 
 @dataclass(frozen=True)
@@ -40,18 +43,6 @@ class Ranking:
     true_probability: float | None = None
 
 
-def embed_query(model: Any, query: Query) -> tuple[np.ndarray, np.ndarray]:
-    """(ecg embedding [d], labs embedding [d]) float32 from a SymileModel in eval mode."""
-    with torch.inference_mode():
-        # np.array copies: memmapped rows are read-only and torch wants writable memory.
-        ecg = torch.from_numpy(np.array(query.ecg, np.float32))[None]
-        labs = torch.from_numpy(np.array(query.labs, np.float32))[None]
-        observed = torch.from_numpy(np.array(query.observed, np.float32))[None]
-        ecg_emb = model.encode_ecg(ecg)[0].float().numpy()
-        labs_emb = model.encode_labs(labs, observed)[0].float().numpy()
-    return ecg_emb, labs_emb
-
-
 def rank_candidates(
     index: CandidateIndex,
     objective: str,
@@ -67,7 +58,9 @@ def rank_candidates(
     Probabilities are the softmax of logit_scale * score over the whole pool, the
     distribution the contrastive objective trains. Ties go to the lower position.
     """
-    query = query_vectors(ecg_emb[None], labs_emb[None], objective)[0]
+    query = query_vector(
+        objective, [np.asarray(ecg_emb, np.float32), np.asarray(labs_emb, np.float32)]
+    )
     if pool is None:  # no fancy-indexed copy of a large index
         positions = np.arange(len(index), dtype=np.int64)
         scores = index.embeddings @ query  # [N]
@@ -127,7 +120,7 @@ def lab_effects(
         ecg_emb = model.encode_ecg(ecg).float().numpy()
         labs_emb = model.encode_labs(torch.from_numpy(labs), torch.from_numpy(observed))
         labs_emb = labs_emb.float().numpy()
-    queries = query_vectors(np.repeat(ecg_emb, n + 1, axis=0), labs_emb, objective)
+    queries = query_vector(objective, [np.repeat(ecg_emb, n + 1, axis=0), labs_emb])
     scores = queries @ np.asarray(candidate_embedding, np.float32)
     table = pd.DataFrame(
         {

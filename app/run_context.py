@@ -1,19 +1,14 @@
 """What the app serves from: a trained run, its candidate index, its dataset, its comparisons.
 
-A run names the runs it is compared with in ``RUN/compare.json``::
-
-    {"comparisons": [{"label": "CLIP", "run": "../clip"}]}
-
-(paths relative to RUN, or absolute). `symile-clinical demo` writes it for the Symile run
-with the CLIP run trained beside it; the app then shows both rankings side by side.
+The run directory is read through `symile_clinical.runs.RunDir` (its model, its dataset,
+the runs compare.json names), the dataset through `symile_clinical.dataset_dir.DatasetDir`
+(the split the index covers, its manifest, candidate sets and lab list) and the index
+through `symile_clinical.index`: this module names none of their files.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,30 +17,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from symile_clinical.data import (
-    CandidateSets,
-    DatasetError,
-    SplitArrays,
-    fill_percentiles,
-    load_candidate_sets,
-    read_dataset_json,
-)
-from symile_clinical.index import CandidateIndex, IndexConfig, ensure_index, run_dataset_dir
-from symile_clinical.runs import LoadedRun, load_run
+from app.errors import AppError
+from symile_clinical.dataset_dir import CandidateSets, DatasetDir, DatasetError, SplitArrays
+from symile_clinical.errors import SymileClinicalError
+from symile_clinical.index import CandidateIndex, IndexConfig, ensure_index
+from symile_clinical.runs import LoadedRun, RunDir
 
 log = logging.getLogger(__name__)
 
-COMPARE_FILE = "compare.json"
 RUN_ENV = "SYMILE_CLINICAL_RUN"
 
 
-class RunUnavailableError(Exception):
-    """The run the app was pointed at cannot be served; carries the path and the reason."""
-
-    def __init__(self, path: Path | str, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = Path(path)
-        self.reason = reason
+class RunUnavailableError(AppError):
+    """The run the app was pointed at cannot be served; `path` is the run directory."""
 
 
 @dataclass
@@ -55,8 +39,7 @@ class RunContext:
     label: str
     run: LoadedRun
     index: CandidateIndex
-    data_dir: Path
-    dataset: dict[str, Any]  # dataset.json
+    dataset: DatasetDir
     arrays: SplitArrays  # the index's split
     manifest: pd.DataFrame  # that split's manifest rows, ordered by row
     candidates: CandidateSets | None  # the paper's candidate sets for that split, if saved
@@ -75,13 +58,18 @@ class RunContext:
 
     @property
     def labs_spec(self) -> list[dict[str, Any]]:
-        """dataset.json's lab list (the column order of labs arrays)."""
-        return list(self.dataset["labs"])
+        """The dataset's lab list (the column order of labs arrays)."""
+        return self.dataset.labs_spec
 
     @property
     def fill(self) -> np.ndarray:
         """float32 [L] percentile a missing lab is filled with."""
-        return fill_percentiles(self.dataset)
+        return self.dataset.fill_values
+
+    @property
+    def ecg_info(self) -> dict[str, Any]:
+        """The dataset's ECG settings: sampling_hz, normalisation, ..."""
+        return dict(self.dataset.info["ecg"])
 
     def paper_pool(self, row: int) -> np.ndarray | None:
         """Index positions of the saved candidate set of a query row, or None."""
@@ -106,87 +94,52 @@ def run_dir_from_args(argv: Sequence[str], environ: Mapping[str, str]) -> Path |
     return Path(value) if value else None
 
 
-def read_comparisons(run_dir: Path | str) -> list[tuple[str, Path]]:
-    """(label, run dir) of each comparison run named in RUN/compare.json; [] if none."""
-    path = Path(run_dir) / COMPARE_FILE
-    if not path.exists():
-        return []
+def _candidate_sets(dataset: DatasetDir, split: str) -> CandidateSets | None:
+    """The split's saved candidate sets, or None (with a warning) when the dataset has none."""
     try:
-        entries = json.loads(path.read_text())["comparisons"]
-        pairs = [(str(e.get("label", e["run"])), Path(e["run"])) for e in entries]
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
-        raise RunUnavailableError(path, f"unreadable compare.json ({error})") from error
-    return [(label, p if p.is_absolute() else Path(run_dir) / p) for label, p in pairs]
-
-
-def write_comparisons(run_dir: Path | str, comparisons: Sequence[tuple[str, Path]]) -> Path:
-    """Write RUN/compare.json atomically, paths relative to RUN where possible."""
-    run_dir = Path(run_dir)
-    entries = []
-    for label, other in comparisons:
-        try:
-            relative = os.path.relpath(Path(other).resolve(), run_dir.resolve())
-        except ValueError:  # another drive on Windows
-            relative = str(Path(other).resolve())
-        entries.append({"label": label, "run": relative})
-    with tempfile.NamedTemporaryFile("w", dir=run_dir, suffix=".tmp", delete=False) as tmp:
-        json.dump({"comparisons": entries}, tmp, indent=2)
-    os.replace(tmp.name, run_dir / COMPARE_FILE)
-    return run_dir / COMPARE_FILE
-
-
-def split_manifest(data_dir: Path, split: str) -> pd.DataFrame:
-    """Manifest rows of a split, ordered by row (row i of the arrays is line i)."""
-    manifest = pd.read_parquet(data_dir / "manifest.parquet")
-    return manifest[manifest["split"] == split].sort_values("row").reset_index(drop=True)
+        return dataset.candidates(split)
+    except DatasetError as error:
+        log.warning("no paper candidate sets: %s", error.reason)
+        return None
 
 
 def open_run(
-    run_dir: Path | str,
+    run_dir: Path | str | RunDir,
     checkpoint: str = "best",
     label: str | None = None,
     with_comparisons: bool = True,
     split: str = "test",
 ) -> RunContext:
-    """Load a run's model, its current index (rebuilt when missing or stale) and dataset."""
-    from symile_clinical.checkpoint import CheckpointError
-    from symile_clinical.config import ConfigError
-    from symile_clinical.index import CandidateIndexError
+    """Load a run's model, its current index (rebuilt when missing or stale) and dataset.
 
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise RunUnavailableError(run_dir, "no such run directory")
+    Any reason the run cannot be served is a RunUnavailableError naming the run directory.
+    """
+    run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    if not run_dir.path.is_dir():
+        raise RunUnavailableError(run_dir.path, "no such run directory")
     try:
-        run = load_run(run_dir, checkpoint=checkpoint)
-        data_dir = run_dataset_dir(run)
-        index, rebuilt = ensure_index(
-            run, IndexConfig(run_dir=run_dir, data_dir=data_dir, split=split), progress=False
-        )
+        run = run_dir.load(checkpoint)
+        dataset = run_dir.dataset()
+        config = IndexConfig(run_dir=run_dir.path, data_dir=dataset.path, split=split)
+        index, rebuilt = ensure_index(run, config, progress=False)
         split = str(index.info["split"])
-        dataset = read_dataset_json(data_dir)
-        arrays = SplitArrays(data_dir, split)
-        manifest = split_manifest(data_dir, split)
-    except (CheckpointError, ConfigError, DatasetError, CandidateIndexError) as error:
-        raise RunUnavailableError(run_dir, str(error)) from error
-    try:
-        candidates = load_candidate_sets(data_dir, split)
-    except DatasetError as error:
-        log.warning("no paper candidate sets: %s", error.reason)
-        candidates = None
+        arrays = dataset.split(split)
+        manifest = dataset.manifest(split)
+        comparisons = run_dir.comparisons() if with_comparisons else []
+    except SymileClinicalError as error:
+        raise RunUnavailableError(run_dir.path, str(error)) from error
     context = RunContext(
         label=label or run.objective.upper().replace("SYMILE", "Symile"),
         run=run,
         index=index,
-        data_dir=data_dir,
         dataset=dataset,
         arrays=arrays,
         manifest=manifest,
-        candidates=candidates,
+        candidates=_candidate_sets(dataset, split),
         index_rebuilt=rebuilt,
     )
-    if with_comparisons:
-        for other_label, other_dir in read_comparisons(run_dir):
-            context.comparisons.append(
-                open_run(other_dir, label=other_label, with_comparisons=False, split=split)
-            )
+    for other_label, other in comparisons:
+        context.comparisons.append(
+            open_run(other, label=other_label, with_comparisons=False, split=split)
+        )
     return context

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from app.errors import AppError
 from preprocessing.ecg import load_ecg_record, normalise_ecg
 from preprocessing.errors import InvalidRecord
 from preprocessing.labs import observed_mask, percentiles_from_cdf
@@ -33,13 +34,14 @@ WFDB_SUFFIXES = (".hea", ".dat", ".mat")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 
-class UploadError(Exception):
-    """An upload the app refuses: the file's name and what is wrong with it."""
+class UploadError(AppError):
+    """An upload the app refuses: `path` is the file's name as uploaded, `reason` what is
+    wrong with it."""
 
-    def __init__(self, name: str, reason: str) -> None:
-        super().__init__(f"{name}: {reason}")
-        self.name = name
-        self.reason = reason
+    @property
+    def name(self) -> str:
+        """The uploaded file's name."""
+        return str(self.path)
 
 
 @dataclass(frozen=True)

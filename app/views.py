@@ -8,14 +8,21 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app.queries import Query, Ranking, embed_query, lab_effects, rank_candidates
+from app.queries import Query, Ranking, lab_effects, rank_candidates
 from app.run_context import RunContext, RunUnavailableError, open_run, run_dir_from_args
 from preprocessing.layout import CANONICAL_ECG_LEADS
+from symile_clinical.embedding import embed_query
+from symile_clinical.index import INDEX_JSON
+from symile_clinical.runs import RunDir
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
@@ -28,15 +35,11 @@ def cached_context(run_dir: str, stamp: tuple[int, ...] = ()) -> RunContext:
     return open_run(run_dir)
 
 
-def run_stamp(run_dir: Path) -> tuple[int, ...]:
+def run_stamp(run_dir: Path | str) -> tuple[int, ...]:
     """Modification times of the files a loaded run depends on: a new checkpoint, index or
     comparison list loads the run again instead of serving a stale model."""
-    paths = [
-        run_dir / "checkpoints" / "best.pt",
-        run_dir / "checkpoints" / "last.pt",
-        run_dir / "index" / "index.json",
-        run_dir / "compare.json",
-    ]
+    run = RunDir(run_dir)
+    paths = [run.best_checkpoint, run.last_checkpoint, run.index_dir / INDEX_JSON, run.compare_path]
     return tuple(p.stat().st_mtime_ns if p.exists() else 0 for p in paths)
 
 
@@ -60,7 +63,7 @@ def current_context() -> RunContext:
     return context
 
 
-def ecg_figure(signal: np.ndarray, fs: float, unit: str):
+def ecg_figure(signal: np.ndarray, fs: float, unit: str) -> Figure:
     """A 6 x 2 grid of the 12 leads, seconds on x and `unit` on y; a matplotlib Figure."""
     from matplotlib.figure import Figure
 
@@ -90,7 +93,7 @@ def show_ecg(signal: np.ndarray, fs: float, unit: str) -> None:
     st.image(ecg_png(signal, fs, unit), caption=f"12-lead ECG ({unit} against seconds)")
 
 
-def choose_k(container, pool_size: int, key: str | None = None) -> int:
+def choose_k(container: Any, pool_size: int, key: str | None = None) -> int:
     """How many results to show: a slider up to min(50, pool), or the whole pool when a
     slider cannot be drawn (Streamlit refuses one whose min equals its max)."""
     if pool_size <= 1:
@@ -167,7 +170,9 @@ def rank_with(
     embeddings: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Ranking:
     """Embed (unless given) and rank a query with one run."""
-    ecg_emb, labs_emb = embeddings or embed_query(context.run.model, query)
+    ecg_emb, labs_emb = embeddings or embed_query(
+        context.run.model, query.ecg, query.labs, query.observed
+    )
     return rank_candidates(
         context.index,
         context.objective,
@@ -211,7 +216,7 @@ def admission_ecg(context: RunContext, row: int) -> tuple[np.ndarray, str]:
     from preprocessing.errors import InvalidRecord
     from preprocessing.layout import MimicRoot
 
-    source = context.dataset.get("source", {})
+    source = context.dataset.info.get("source", {})
     root = source.get("mimic_root")
     # ecg_dir: where preprocess read the ECG release (--ecg-dir may put it outside the root).
     ecg_dir = source.get("ecg_dir") or (MimicRoot(Path(root)).ecg if root else None)

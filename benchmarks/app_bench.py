@@ -16,6 +16,7 @@ import argparse
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,7 @@ def percentiles(seconds: list[float]) -> tuple[float, float]:
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 95))
 
 
-def timed(fn, repeats: int) -> list[float]:
+def timed(fn: Callable[[], object], repeats: int) -> list[float]:
     """Wall times of `repeats` calls of fn()."""
     times = []
     for _ in range(repeats):
@@ -73,7 +74,7 @@ def upload_stage(repeats: int) -> tuple[list[float], dict]:
         files = [(hea.name, hea.read_bytes()), (dat.name, dat.read_bytes())]
     csv = labs_csv([(str(i), "4.2") for i in PAPER_LAB_ITEMIDS[:30]])
 
-    def parse():
+    def parse() -> tuple:
         ecg = read_ecg_upload(files, "minmax")
         values = read_labs_csv("labs.csv", csv, spec)
         return ecg, lab_inputs(values, spec)
@@ -81,21 +82,21 @@ def upload_stage(repeats: int) -> tuple[list[float], dict]:
     return timed(parse, repeats), {"spec": spec, "parsed": parse()}
 
 
-def embed_stage(parsed, repeats: int) -> tuple[list[float], int]:
+def embed_stage(parsed: tuple, repeats: int) -> tuple[list[float], int]:
     """Embed the parsed query with the demo model; returns times and d."""
     import torch
 
-    from app.queries import Query, embed_query
     from models import build_model
     from symile_clinical.config import demo_config
+    from symile_clinical.embedding import embed_query
 
     torch.set_num_threads(2)
     model_config = demo_config().model
     model = build_model(model_config, seed=0).eval()
     ecg, (_, percentiles_, observed) = parsed
-    query = Query(ecg.normalised, percentiles_, observed)
-    embed_query(model, query)  # warm-up
-    return timed(lambda: embed_query(model, query), repeats), model_config.embed_dim
+    query = (ecg.normalised, percentiles_, observed)
+    embed_query(model, *query)  # warm-up
+    return timed(lambda: embed_query(model, *query), repeats), model_config.embed_dim
 
 
 def main() -> int:

@@ -225,9 +225,10 @@ def cohort_join_rates(root: str, sample: int) -> dict[str, float]:
     ecgs = tables.read_ecg_record_list(found["ecg_record_list"])
     cxrs = tables.read_cxr_metadata(found["cxr_metadata"], found.get("cxr_record_list"))
     subjects = adm["subject_id"].unique()
-    labs = tables.scan_labevents(found["labevents"], PAPER_LAB_ITEMIDS, subjects).numeric
-    start = time.perf_counter()
-    cohort.build_cohort(adm, ecgs, cxrs, labs, list(PAPER_LAB_ITEMIDS))
+    scan = tables.scan_labevents(found["labevents"], PAPER_LAB_ITEMIDS, subjects)
+    labs = scan.numeric
+    start = time.perf_counter()  # the join only: the labevents pass is measured on its own
+    cohort.build_cohort(adm, ecgs, cxrs, lambda _: scan, list(PAPER_LAB_ITEMIDS))
     fast = len(adm) / (time.perf_counter() - start)
 
     part = adm.iloc[:sample]

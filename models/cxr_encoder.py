@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -76,7 +77,12 @@ class CXREncoder(nn.Module):
         """
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, EOFError) as error:
+        except pickle.UnpicklingError as error:
+            # torch's own message advises weights_only=False, i.e. running the file's code.
+            raise CXRWeightsError(
+                path, "not a state dict of tensors (refused: it would need pickled code to load)"
+            ) from error
+        except (OSError, RuntimeError, EOFError, ValueError) as error:
             raise CXRWeightsError(path, f"cannot read state dict: {error}") from error
         if not isinstance(state, dict):
             raise CXRWeightsError(path, f"expected a state dict, found {type(state).__name__}")

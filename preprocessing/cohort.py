@@ -11,15 +11,18 @@ Per admission (MIMIC-IV hosp ``admissions``), following the paper:
 Admissions lacking an ECG or a CXR, or with no lab at all, are excluded with a reason.
 Every join is a vectorised ``merge_asof`` by subject (no row-by-row apply): for each
 admission the first event at or after the window start, kept if it is before the end.
+``build_cohort`` is the one assembly of these steps (the pipeline's and the tests').
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
+from preprocessing.tables import LabScan
 
 REASON_NO_ECG = "no_ecg_in_window"
 REASON_NO_CXR = "no_cxr_in_window"
@@ -49,12 +52,12 @@ class CohortWindows:
 class Cohort:
     """Included admissions with their chosen ECG, CXR and lab values; exclusions by reason."""
 
-    admissions: pd.DataFrame  # one row per included admission (see build_cohort)
+    admissions: pd.DataFrame  # one row per included admission, index 0..N-1 (build_cohort)
     lab_values: np.ndarray  # float64 [N, L], NaN where not observed
-    lab_itemids: list[int]
-    excluded: pd.DataFrame  # subject_id, hadm_id, reason
+    lab_itemids: list[int]  # the L columns of lab_values
+    excluded: pd.DataFrame  # subject_id, hadm_id, reason; by hadm_id
     total_admissions: int
-    exclusion_counts: dict[str, int] = field(default_factory=dict)
+    lab_scan: LabScan  # the labevents pass (rows read, numeric rows, malformed rows)
 
 
 def earliest_in_window(
@@ -189,24 +192,29 @@ def build_cohort(
     admissions: pd.DataFrame,
     ecgs: pd.DataFrame,
     cxrs: pd.DataFrame,
-    lab_rows: pd.DataFrame,
-    itemids: Sequence[int],
+    scan_labs: Callable[[np.ndarray], LabScan],
+    itemids: Sequence[int] | None,
     windows: CohortWindows = CohortWindows(),
 ) -> Cohort:
-    """Join admissions with ECGs, CXRs and labs (all frames as tables.py reads them)."""
+    """Join admissions with ECGs, CXRs and labs (frames as tables.py reads them).
+
+    Labs are read last and only for the admissions that have an ECG and a CXR:
+    ``scan_labs(subject_ids)`` returns their labevents (``tables.scan_labevents``, or a
+    fixed ``LabScan`` in tests). `itemids` are the lab columns; None takes every lab the
+    scan found, in itemid order.
+    """
     ordered = sort_admissions(admissions.drop_duplicates("hadm_id"))
     candidates, excluded_modality = select_modalities(ordered, ecgs, cxrs, windows)
-    kept, values, excluded_labs = attach_labs(candidates, lab_rows, itemids, windows)
+    scan = scan_labs(candidates["subject_id"].unique())
+    if itemids is None:
+        itemids = sorted(int(i) for i in scan.numeric["itemid"].unique())
+    kept, values, excluded_labs = attach_labs(candidates, scan.numeric, itemids, windows)
     excluded = pd.concat([excluded_modality, excluded_labs]).sort_values("hadm_id")
-    counts = {
-        reason: int((excluded["reason"] == reason).sum())
-        for reason in (REASON_NO_ECG, REASON_NO_CXR, REASON_NO_LABS)
-    }
     return Cohort(
         admissions=kept.reset_index(drop=True),
         lab_values=values,
         lab_itemids=[int(i) for i in itemids],
         excluded=excluded.reset_index(drop=True),
         total_admissions=len(ordered),
-        exclusion_counts=counts,
+        lab_scan=scan,
     )

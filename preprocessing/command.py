@@ -50,27 +50,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--test", type=float, default=0.15, help="test size: fraction (<1) or count"
     )
     parser.add_argument("--candidates", type=int, default=10, help="CXR candidates per query (10)")
-    parser.add_argument(
-        "--ecg-window",
-        type=_floats,
-        default=(-24.0, 24.0),
-        metavar="LO,HI",
-        help=WINDOW_HELP.format(name="ecg-window", default="-24,24"),
-    )
-    parser.add_argument(
-        "--lab-window",
-        type=_floats,
-        default=(-24.0, 24.0),
-        metavar="LO,HI",
-        help=WINDOW_HELP.format(name="lab-window", default="-24,24"),
-    )
-    parser.add_argument(
-        "--cxr-window",
-        type=_floats,
-        default=(24.0, 72.0),
-        metavar="LO,HI",
-        help=WINDOW_HELP.format(name="cxr-window", default="24,72") + "; LO exclusive",
-    )
+    for name, default, note in (
+        ("ecg-window", (-24.0, 24.0), ""),
+        ("lab-window", (-24.0, 24.0), ""),
+        ("cxr-window", (24.0, 72.0), "; LO exclusive"),
+    ):
+        parser.add_argument(
+            f"--{name}",
+            type=_floats,
+            default=default,
+            metavar="LO,HI",
+            help=WINDOW_HELP.format(name=name, default=f"{default[0]:g},{default[1]:g}") + note,
+        )
     parser.add_argument(
         "--cxr-views", type=str, default="AP,PA", help="accepted ViewPosition values"
     )
@@ -88,12 +79,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Build the PreprocessConfig from the arguments and run the pipeline; exit status."""
+    """Build the PreprocessConfig from the arguments and run the pipeline; exit status 0.
+
+    A PreprocessError (a bad root: exit 1; a bad option value: exit 2) is reported by the CLI.
+    """
     import logging
     from pathlib import Path
 
     from preprocessing.cohort import CohortWindows
-    from preprocessing.errors import PreprocessError
     from preprocessing.pipeline import PreprocessConfig, run_preprocess
     from preprocessing.splits import SplitSizes
 
@@ -121,11 +114,7 @@ def run(args: argparse.Namespace) -> int:
         keep_work=args.keep_work,
         progress=not args.no_progress,
     )
-    try:
-        report = run_preprocess(config)
-    except PreprocessError as error:
-        logging.getLogger("preprocessing").error("%s", error)
-        return 2
+    report = run_preprocess(config)
     admissions = report.counts["admissions"]
     logging.getLogger("preprocessing").info(
         "%d of %d admissions in the dataset %s; splits %s",

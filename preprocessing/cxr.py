@@ -18,10 +18,14 @@ pipeline), each in one function below:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from preprocessing.errors import InvalidRecord
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 DEFAULT_CXR_SIZE = 320
 JPEG_SUFFIXES = {".jpg", ".jpeg", ".png"}
@@ -54,7 +58,7 @@ def _stored_range(ds) -> tuple[float, float]:
     return 0.0, 2.0**bits - 1
 
 
-def modality_lut(pixels: np.ndarray, ds) -> tuple[np.ndarray, tuple[float, float]]:
+def modality_lut(pixels: np.ndarray, ds: Dataset) -> tuple[np.ndarray, tuple[float, float]]:
     """Rescale stored values into modality units; returns values and their possible range."""
     low, high = _stored_range(ds)
     if "ModalityLUTSequence" in ds:
@@ -93,7 +97,7 @@ def window(values: np.ndarray, center: float, width: float, function: str = "LIN
     return np.clip((values - (center - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0)
 
 
-def voi_lut(values: np.ndarray, ds, value_range: tuple[float, float]) -> np.ndarray:
+def voi_lut(values: np.ndarray, ds: Dataset, value_range: tuple[float, float]) -> np.ndarray:
     """Apply the first VOI window (or VOI LUT); otherwise map the value range to [0, 1]."""
     if "VOILUTSequence" in ds:
         item = ds.VOILUTSequence[0]
@@ -109,7 +113,7 @@ def voi_lut(values: np.ndarray, ds, value_range: tuple[float, float]) -> np.ndar
     return np.clip((values - low) / max(high - low, 1e-12), 0.0, 1.0)
 
 
-def _pixel_aspect(ds) -> float:
+def _pixel_aspect(ds: Dataset) -> float:
     """Row spacing / column spacing; 1 when absent or degenerate (0\\0, negative, NaN)."""
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
         spacing = ds.get(keyword)
@@ -122,7 +126,7 @@ def _pixel_aspect(ds) -> float:
     return 1.0
 
 
-def grey_levels(stored: np.ndarray, ds) -> np.ndarray:
+def grey_levels(stored: np.ndarray, ds: Dataset) -> np.ndarray:
     """Rules 2-4 on stored values: Modality LUT, VOI LUT, MONOCHROME1 inversion; float32 [0, 1]."""
     values, value_range = modality_lut(stored, ds)
     image = voi_lut(values, ds, value_range)
@@ -131,7 +135,7 @@ def grey_levels(stored: np.ndarray, ds) -> np.ndarray:
     return np.asarray(image, dtype=np.float32)
 
 
-def display_values(pixels: np.ndarray, ds) -> np.ndarray:
+def display_values(pixels: np.ndarray, ds: Dataset) -> np.ndarray:
     """grey_levels for a whole image; integer images go through a lookup table.
 
     The rules are per-pixel functions of the stored value, so for integer pixels they are

@@ -19,7 +19,12 @@ and plausibility checks, not clinical decisions.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -137,3 +142,18 @@ def lab_by_itemid(itemid: int) -> LabItem:
         return _BY_ITEMID[int(itemid)]
     except KeyError:
         raise KeyError(f"lab itemid {itemid} is not in preprocessing.lab_catalog") from None
+
+
+def lab_descriptions(itemids: Sequence[int], d_labitems: pd.DataFrame) -> dict[int, dict]:
+    """Label, fluid and unit per itemid: the catalogue first, d_labitems for the rest."""
+    table = d_labitems.set_index("itemid") if not d_labitems.empty else None
+    out = {}
+    for itemid in itemids:
+        try:
+            item = lab_by_itemid(itemid)
+            out[int(itemid)] = {"label": item.label, "fluid": item.fluid, "unit": item.unit}
+        except KeyError:
+            if table is not None and itemid in table.index:
+                row = table.loc[itemid]
+                out[int(itemid)] = {"label": str(row["label"]), "fluid": str(row["fluid"])}
+    return out

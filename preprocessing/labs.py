@@ -114,3 +114,16 @@ def percentiles_from_cdf(
         filled[mask] = mid_rank_percentile(raw[mask, column], np.asarray(spec["cdf_values"]))
         out[:, column] = filled
     return out[0] if single else out
+
+
+def choose_top_k_labs(
+    itemids: Sequence[int], observed_train: np.ndarray, k: int
+) -> tuple[list[int], list[int]]:
+    """The K labs most often observed in training (ties: lower itemid): itemids, columns.
+
+    observed_train: [N_train, L] (1 = observed), columns in the order of `itemids`.
+    """
+    counts = observed_train.sum(axis=0)
+    order = sorted(range(len(itemids)), key=lambda c: (-counts[c], itemids[c]))
+    columns = sorted(order[:k], key=lambda c: itemids[c])
+    return [int(itemids[c]) for c in columns], columns

@@ -130,3 +130,11 @@ def ecg_record_path(subject_id: int, study_id: int) -> str:
 def cxr_image_path(subject_id: int, study_id: int, dicom_id: str, suffix: str = ".dcm") -> str:
     """Relative image path as MIMIC-CXR writes it in cxr-record-list.csv.gz."""
     return f"files/p{str(subject_id)[:2]}/p{subject_id}/s{study_id}/{dicom_id}{suffix}"
+
+
+def relative_to_root(path: Path, root: Path) -> str:
+    """`path` relative to the MIMIC root when inside it, else as given (quarantine's file)."""
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return str(path)

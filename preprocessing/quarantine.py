@@ -9,10 +9,13 @@ empty valuenum beside a text value such as ``___`` is ordinary MIMIC and not qua
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pandas as pd
+
+from preprocessing import cohort
+from preprocessing.cohort import CohortWindows
+from symile_clinical.atomic import write_text_atomic
 
 QUARANTINE_COLUMNS = ("id", "file", "stage", "reason")
 STAGES = ("cohort", "ecg", "cxr", "labs")
@@ -32,15 +35,36 @@ def reason_kind(reason: str) -> str:
     return reason.split(":", 1)[0].strip()
 
 
+def exclusion_rows(excluded: pd.DataFrame, windows: CohortWindows) -> list[dict]:
+    """Quarantine rows (stage ``cohort``) of the admissions a window left out, with the window."""
+    text = {
+        cohort.REASON_NO_ECG: f"no ECG within {list(windows.ecg_h)} h of admittime",
+        cohort.REASON_NO_CXR: (
+            f"no {'/'.join(windows.cxr_views)} CXR within {list(windows.cxr_h)} h of admittime"
+        ),
+        cohort.REASON_NO_LABS: f"no chosen lab within {list(windows.lab_h)} h of admittime",
+    }
+    return [
+        {"id": hadm_id, "file": "", "stage": "cohort", "reason": f"{reason}: {text[reason]}"}
+        for hadm_id, reason in zip(excluded["hadm_id"], excluded["reason"], strict=True)
+    ]
+
+
+def malformed_lab_rows(malformed: pd.DataFrame, labevents_file: str) -> list[dict]:
+    """Quarantine rows (stage ``labs``) of labevents rows whose valuenum is not a number."""
+    return [
+        {
+            "id": labevent_id,
+            "file": labevents_file,
+            "stage": "labs",
+            "reason": f"malformed_valuenum: valuenum {text!r} is not a number",
+        }
+        for labevent_id, text in zip(
+            malformed["labevent_id"], malformed["valuenum_text"], strict=True
+        )
+    ]
+
+
 def write_quarantine(frame: pd.DataFrame, path: Path) -> None:
     """Write quarantine.csv atomically."""
-    write_atomic_text(path, frame.to_csv(index=False, lineterminator="\n"))
-
-
-def write_atomic_text(path: Path, text: str) -> None:
-    """Write text to path through a temporary file in the same folder and os.replace."""
-    path = Path(path)
-    # A fixed temporary name: a run killed mid-write leaves one file that the rerun replaces.
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text_atomic(path, frame.to_csv(index=False, lineterminator="\n"))

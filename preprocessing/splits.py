@@ -18,7 +18,6 @@ import pandas as pd
 
 from preprocessing.errors import InvalidSettings
 
-SPLITS = ("train", "val", "test")
 EVAL_SPLITS = ("val", "test")
 
 
@@ -85,9 +84,10 @@ def candidate_sets(
     _, counts = np.unique(subject_ids, return_counts=True)
     if n - counts.max() < k - 1:
         raise InvalidSettings(
+            "--candidates",
             f"split {split!r} has {n} admissions; some query has fewer than {k - 1} "
             "admissions of other patients to serve as candidates: lower --candidates or "
-            "raise the --val/--test sizes"
+            "raise the --val/--test sizes",
         )
     query_rows, candidate_rows = [], []
     for query in range(n):

@@ -16,16 +16,14 @@ from typing import Any
 
 import torch
 
+from symile_clinical.atomic import atomic_path
+from symile_clinical.errors import SymileClinicalError
+
 CHECKPOINT_FORMAT = 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(SymileClinicalError):
     """A checkpoint that cannot be used (missing, truncated, corrupt, wrong content)."""
-
-    def __init__(self, path: Path, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = path
-        self.reason = reason
 
 
 def previous_path(path: Path) -> Path:
@@ -41,25 +39,15 @@ def save_checkpoint(path: Path | str, state: dict[str, Any], keep_previous: bool
     moment `path` is a complete checkpoint, old or new.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         with tmp.open("wb") as handle:
             torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
         if keep_previous and path.exists():
-            previous = previous_path(path)
-            previous_tmp = previous.with_name(f".{previous.name}.tmp-{os.getpid()}")
-            previous_tmp.unlink(missing_ok=True)
-            try:
-                os.link(path, previous_tmp)
-            except OSError:  # file systems without hard links
-                shutil.copy2(path, previous_tmp)
-            os.replace(previous_tmp, previous)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+            with atomic_path(previous_path(path)) as previous_tmp:
+                try:
+                    os.link(path, previous_tmp)
+                except OSError:  # file systems without hard links
+                    shutil.copy2(path, previous_tmp)
     return path
 
 

@@ -8,6 +8,8 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 
+from symile_clinical.errors import EXIT_OK, EXIT_USAGE, SymileClinicalError
+
 log = logging.getLogger("symile_clinical")
 
 COMMAND_GROUP = "symile_clinical.commands"
@@ -18,6 +20,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="symile-clinical",
         description="Clinical multimodal retrieval with Symile: ECG + labs -> chest X-ray.",
+        epilog=(
+            "Exit status, for every command: 0 done; 1 an input cannot be used (the message "
+            "names the file and the reason); 2 the command line is wrong."
+        ),
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -40,7 +46,7 @@ def _register_unavailable(
 
     def fail(_args: argparse.Namespace) -> int:
         log.error("command %r is unavailable: %s", name, error)
-        return 2
+        return EXIT_USAGE
 
     parser = subparsers.add_parser(name, help=f"(unavailable: {error})")
     parser.set_defaults(run=fail)
@@ -57,8 +63,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = getattr(args, "run", None)
     if run is None:
         parser.print_help()
-        return 0 if args.command is None else 2
-    return int(run(args) or 0)
+        return EXIT_OK if args.command is None else EXIT_USAGE
+    try:
+        return int(run(args) or EXIT_OK)
+    except SymileClinicalError as error:
+        # An input that cannot be used: say which and why, without a traceback.
+        log.error("%s", error)
+        return error.exit_code
 
 
 if __name__ == "__main__":

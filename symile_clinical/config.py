@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from models import ModelConfig
+from symile_clinical.errors import SymileClinicalError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -47,13 +48,8 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
-    """A configuration that cannot be used; names the source (file or preset) and the reason."""
-
-    def __init__(self, source: str, reason: str) -> None:
-        super().__init__(f"{source}: {reason}")
-        self.source = source
-        self.reason = reason
+class ConfigError(SymileClinicalError):
+    """A configuration that cannot be used; `path` names its source (file, preset or field)."""
 
 
 @dataclass(frozen=True)

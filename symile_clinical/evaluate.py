@@ -37,8 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
-import torch
 
 from symile_clinical.bootstrap import (
     DEFAULT_RESAMPLES,
@@ -46,15 +44,9 @@ from symile_clinical.bootstrap import (
     bootstrap_mean,
     paired_bootstrap_difference,
 )
-from symile_clinical.data import (
-    CandidateSets,
-    DatasetError,
-    SplitArrays,
-    fill_percentiles,
-    load_candidate_sets,
-    read_dataset_json,
-)
-from symile_clinical.index import run_dataset_dir
+from symile_clinical.dataset_dir import CandidateSets, DatasetDir, DatasetError, SplitArrays
+from symile_clinical.embedding import cxr_thumbnails, embed_masked_labs, embed_split
+from symile_clinical.errors import SymileClinicalError
 from symile_clinical.report import (
     ExampleQuery,
     plot_accuracy_by_lab_bins,
@@ -64,33 +56,23 @@ from symile_clinical.report import (
     write_report,
 )
 from symile_clinical.retrieval import (
-    candidate_set_scores,
+    QueryRanks,
     chance_top1,
     median_rank,
+    rank_queries,
     top1_correct,
     top_k_indices,
-    true_item_ranks,
 )
-from symile_clinical.runs import LoadedRun, load_run
-from symile_clinical.similarity import score_fn
-from symile_clinical.train import embed_split
+from symile_clinical.runs import LoadedRun, RunDir, load_run
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-REPORT_DIRNAME = "report"
 POOL_RECALL_AT = (1, 5, 10)
-# Queries scored against the whole pool at once: a [chunk, N] float32 block in memory.
-QUERY_CHUNK = 1024
 
 
-class EvaluationError(ValueError):
+class EvaluationError(SymileClinicalError):
     """Runs and data that cannot be evaluated together; names the path and the reason."""
-
-    def __init__(self, path: Path | str, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = Path(path)
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -126,15 +108,6 @@ class SplitEmbeddings:
 
 
 @dataclass
-class QueryRanks:
-    """Per-query ranks of the true CXR (1-based) and the candidate-set scores."""
-
-    candidate_ranks: np.ndarray  # int64 [Q], within the query's K candidates
-    pool_ranks: np.ndarray  # int64 [Q], within the whole split
-    candidate_scores: np.ndarray  # float32 [Q, K]
-
-
-@dataclass
 class RunEvaluation:
     """One run's metrics dict plus the per-query values that paired comparisons need."""
 
@@ -155,7 +128,6 @@ class EvaluationResult:
 # ----------------------------------------------------------------------------- pure parts
 
 
-@torch.no_grad()
 def embed_for_evaluation(
     loaded: LoadedRun, arrays: SplitArrays, fill: np.ndarray, batch_size: int, device: str
 ) -> SplitEmbeddings:
@@ -165,52 +137,15 @@ def embed_for_evaluation(
     With every lab masked all rows have the same labs input, so one embedding serves all.
     """
     model = loaded.model.to(device)
-    ecg, labs, cxr = embed_split(model, arrays, torch.device(device), batch_size)
-    masked_labs = torch.from_numpy(np.asarray(fill, dtype=np.float32))[None, :].to(device)
-    masked = model.encode_labs(masked_labs, torch.zeros_like(masked_labs)).float().cpu()
+    embeddings = embed_split(model, arrays, device, batch_size)
+    masked = embed_masked_labs(model, fill, device)
     return SplitEmbeddings(
-        ecg=ecg.numpy(),
-        labs=labs.numpy(),
+        ecg=embeddings.ecg,
+        labs=embeddings.labs,
         # A read-only broadcast view: [N, d] without N copies of the same row.
-        labs_masked=np.broadcast_to(masked.numpy(), (len(arrays), masked.shape[1])),
-        cxr=cxr.numpy(),
+        labs_masked=np.broadcast_to(masked, (len(arrays), masked.shape[0])),
+        cxr=embeddings.cxr,
     )
-
-
-def rank_queries(
-    objective: str,
-    ecg: np.ndarray,
-    labs: np.ndarray,
-    cxr: np.ndarray,
-    sets: CandidateSets,
-    seed: int,
-    chunk: int = QUERY_CHUNK,
-) -> QueryRanks:
-    """Rank each query's true CXR within its candidate set and within the whole pool.
-
-    ecg, labs, cxr: float32 [N, d] embeddings of the split's rows; query q is row
-    sets.query_rows[q] and its true CXR is the same row. Scores come from
-    similarity.score_fn(objective), a chunk of queries against the pool at a time. Candidate
-    ties break with np.random.default_rng(seed) over all queries in one draw (the trainer's
-    validation accuracy does the same, so the two agree); pool ties with ([seed, 1]).
-    """
-    scorer = score_fn(objective)
-    pool = torch.from_numpy(np.ascontiguousarray(cxr, dtype=np.float32))
-    q_ecg = torch.from_numpy(np.ascontiguousarray(ecg[sets.query_rows], dtype=np.float32))
-    q_labs = torch.from_numpy(np.ascontiguousarray(labs[sets.query_rows], dtype=np.float32))
-    n_queries = len(sets)
-    candidate_scores = np.empty(sets.candidate_rows.shape, dtype=np.float32)
-    pool_ranks = np.empty(n_queries, dtype=np.int64)
-    pool_rng = np.random.default_rng([seed, 1])
-    for start in range(0, n_queries, chunk):
-        part = slice(start, min(start + chunk, n_queries))
-        scores = scorer(pool, [q_ecg[part], q_labs[part]]).numpy()
-        candidate_scores[part] = candidate_set_scores(scores, sets.candidate_rows[part])
-        pool_ranks[part] = true_item_ranks(scores, sets.query_rows[part], pool_rng)
-    candidate_ranks = true_item_ranks(
-        candidate_scores, sets.true_position, np.random.default_rng(seed)
-    )
-    return QueryRanks(candidate_ranks, pool_ranks, candidate_scores)
 
 
 def lab_count_bins(n_labs: int, n_bins: int = 5) -> list[tuple[int, int]]:
@@ -303,19 +238,6 @@ def compare_runs(a: RunEvaluation, b: RunEvaluation, config: EvaluateConfig) -> 
 # ----------------------------------------------------------------------------- I/O edges
 
 
-def _thumbnail(image: np.ndarray, size: int) -> np.ndarray:
-    """uint8 [S, S] -> uint8 [<=size, <=size] by striding (enough for a thumbnail grid)."""
-    stride = max(1, int(np.ceil(image.shape[0] / size)))
-    return np.ascontiguousarray(image[::stride, ::stride])
-
-
-def _cxr_uint8(arrays: SplitArrays, row: int) -> np.ndarray:
-    image = np.asarray(arrays.cxr[row, 0])
-    if image.dtype != np.uint8:  # float16 CXRs are stored in [0, 1]
-        image = np.clip(image.astype(np.float32) * 255.0, 0, 255).astype(np.uint8)
-    return image
-
-
 def select_examples(
     ranks: QueryRanks,
     sets: CandidateSets,
@@ -335,15 +257,14 @@ def select_examples(
         rows = sets.candidate_rows[q, best]
         true_row = int(sets.query_rows[q])
         hits = np.flatnonzero(rows == true_row)
+        shown = cxr_thumbnails(arrays.cxr[np.append(rows, true_row)], config.thumbnail_size)
         examples.append(
             ExampleQuery(
                 title=titles[q],
-                thumbnails=np.stack(
-                    [_thumbnail(_cxr_uint8(arrays, int(r)), config.thumbnail_size) for r in rows]
-                ),
+                thumbnails=shown[:-1],
                 scores=ranks.candidate_scores[q, best],
                 true_position=int(hits[0]) if hits.size else None,
-                true_thumbnail=_thumbnail(_cxr_uint8(arrays, true_row), config.thumbnail_size),
+                true_thumbnail=shown[-1],
                 true_rank=int(ranks.candidate_ranks[q]),
             )
         )
@@ -351,15 +272,10 @@ def select_examples(
 
 
 def _query_titles(
-    data_dir: Path, split: str, query_rows: np.ndarray, n_observed: np.ndarray, n_labs: int
+    dataset: DatasetDir, split: str, query_rows: np.ndarray, n_observed: np.ndarray, n_labs: int
 ) -> list[str]:
     """'hadm 123, 7/50 labs' per query; the row number when the manifest is missing."""
-    ids: dict[int, int] = {}
-    path = data_dir / "manifest.parquet"
-    if path.exists():
-        manifest = pd.read_parquet(path, columns=["split", "row", "hadm_id"])
-        manifest = manifest[manifest["split"] == split]
-        ids = dict(zip(manifest["row"].astype(int), manifest["hadm_id"].astype(int), strict=True))
+    ids = dataset.hadm_ids(split)
     return [
         f"{'hadm ' + str(ids[int(r)]) if int(r) in ids else 'row ' + str(int(r))}, "
         f"{int(k)}/{n_labs} labs"
@@ -367,11 +283,11 @@ def _query_titles(
     ]
 
 
-def _run_names(run_dirs: list[Path]) -> list[str]:
+def _run_names(runs: list[RunDir]) -> list[str]:
     """Folder names, made unique with a suffix when two runs share one."""
     names: list[str] = []
-    for path in run_dirs:
-        name = path.resolve().name or str(path)
+    for run in runs:
+        name = run.name
         while name in names:
             name = f"{name}_{len(names)}"
         names.append(name)
@@ -423,37 +339,30 @@ def evaluate_run(
 def evaluate(config: EvaluateConfig) -> EvaluationResult:
     """Evaluate config.run_dir (and config.compare) and write the report folder."""
     main = load_run(config.run_dir, checkpoint=config.checkpoint, device=config.device)
-    if config.data_dir is None and main.data_dir is None:
-        raise EvaluationError(config.run_dir, "config.json names no dataset: pass --data")
-    # The same resolution as the index and the app: as written, else relative to the run.
-    data_dir = Path(config.data_dir) if config.data_dir else run_dataset_dir(main)
+    dataset = main.run.dataset(config.data_dir)
     others = [
         load_run(p, checkpoint=config.checkpoint, device=config.device) for p in config.compare
     ]
     for other in others:
-        if other.data_dir is not None and Path(other.data_dir).resolve() != data_dir.resolve():
+        trained_on = other.run.recorded_dataset()
+        if trained_on is not None and trained_on != dataset:
             log.warning(
                 "%s was trained on %s; it is evaluated on %s with the others",
                 other.run_dir,
-                other.data_dir,
-                data_dir,
+                trained_on.path,
+                dataset.path,
             )
-    dataset_json = read_dataset_json(data_dir)
-    fill = fill_percentiles(dataset_json)
-    arrays = SplitArrays(data_dir, config.split)
-    if fill.shape[0] != arrays.n_labs:
-        raise DatasetError(
-            data_dir / "dataset.json", f"{fill.shape[0]} labs listed, arrays have {arrays.n_labs}"
-        )
-    sets = load_candidate_sets(data_dir, config.split)
+    fill = dataset.fill_values
+    arrays = dataset.split(config.split)
+    sets = dataset.candidates(config.split)
     if len(sets) == 0:
-        raise DatasetError(data_dir / "candidates.parquet", f"no {config.split} candidate sets")
+        raise DatasetError(dataset.candidates_path, f"no {config.split} candidate sets")
     n_observed = np.asarray(arrays.labs_observed[sets.query_rows]).sum(axis=1)
     bins = lab_count_bins(arrays.n_labs, config.n_lab_bins)
-    titles = _query_titles(data_dir, config.split, sets.query_rows, n_observed, arrays.n_labs)
+    titles = _query_titles(dataset, config.split, sets.query_rows, n_observed, arrays.n_labs)
 
     loaded_runs = [main, *others]
-    names = _run_names([r.run_dir for r in loaded_runs])
+    names = _run_names([r.run for r in loaded_runs])
     evaluations = [
         evaluate_run(run, name, arrays, sets, fill, bins, titles, config)
         for run, name in zip(loaded_runs, names, strict=True)
@@ -461,7 +370,7 @@ def evaluate(config: EvaluateConfig) -> EvaluationResult:
     k = int(sets.candidate_rows.shape[1])
     metrics: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
-        "dataset": str(data_dir),
+        "dataset": str(dataset.path),
         "split": config.split,
         "n_queries": len(sets),
         "n_candidates": k,
@@ -486,7 +395,7 @@ def evaluate(config: EvaluateConfig) -> EvaluationResult:
             "ranks": plot_rank_histogram(metrics),
             "examples": plot_example_queries(evaluations[0].examples, names[0]),
         }
-    out_dir = config.out_dir or Path(config.run_dir) / REPORT_DIRNAME
+    out_dir = config.out_dir or main.run.report_dir
     files = write_report(out_dir, metrics, pngs)
     for evaluation in evaluations:
         m = evaluation.metrics

@@ -26,23 +26,23 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
-from symile_clinical.checkpoint import file_sha256
-from symile_clinical.data import SplitArrays
+from symile_clinical.atomic import atomic_directory
+from symile_clinical.dataset_dir import DatasetDir, SplitArrays
+from symile_clinical.embedding import embed_cxr_pool
+from symile_clinical.errors import SymileClinicalError
+from symile_clinical.runs import LoadedRun, RunDir
+from symile_clinical.similarity import query_vector
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-INDEX_DIRNAME = "index"
 INDEX_JSON = "index.json"
 EMBEDDINGS_FILE = "embeddings.npy"
 METADATA_FILE = "metadata.parquet"
@@ -58,39 +58,13 @@ METADATA_COLUMNS = (
     "cxr_time",
 )
 
-Objective = Literal["symile", "clip"]
 
-
-class CandidateIndexError(Exception):
+class CandidateIndexError(SymileClinicalError):
     """An index folder that cannot be used, with the path and the reason."""
-
-    def __init__(self, path: Path | str, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = Path(path)
-        self.reason = reason
 
 
 class StaleIndexError(CandidateIndexError):
     """The index was built from another checkpoint or dataset than the one asked for."""
-
-
-class EmbeddingModel(Protocol):
-    """What the index needs of models.SymileModel."""
-
-    def encode_cxr(self, cxr: Any) -> Any:
-        """[B, 1, S, S] float32 in [0, 1] -> [B, d]."""
-        ...
-
-
-class LoadedRunLike(Protocol):
-    """What the index needs of symile_clinical.runs.LoadedRun."""
-
-    model: Any
-    objective: str
-    run_dir: Path
-    checkpoint_path: Path
-    checkpoint_sha256: str
-    data_dir: Path | None
 
 
 @dataclass(frozen=True)
@@ -103,17 +77,6 @@ class SearchResult:
 
 # ---------------------------------------------------------------------------------------
 # Queries and exact search (pure numpy)
-
-
-def query_vectors(ecg_emb: np.ndarray, labs_emb: np.ndarray, objective: str) -> np.ndarray:
-    """The vector each candidate is dotted with: e * l for Symile, e + l for CLIP; [B, d]."""
-    ecg_emb = np.asarray(ecg_emb, dtype=np.float32)
-    labs_emb = np.asarray(labs_emb, dtype=np.float32)
-    if objective == "symile":
-        return ecg_emb * labs_emb
-    if objective == "clip":
-        return ecg_emb + labs_emb
-    raise ValueError(f"unknown objective {objective!r}: expected 'symile' or 'clip'")
 
 
 def top_k_sorted(scores: np.ndarray, positions: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
@@ -309,7 +272,7 @@ class CandidateIndex:
         within: np.ndarray | None = None,
         searcher: FaissSearcher | None = None,
     ) -> SearchResult:
-        """Top-k positions and scores for query vectors [B, d] (see `query_vectors`).
+        """Top-k positions and scores for query vectors [B, d] (similarity.query_vector).
 
         Exact matrix product by default; `searcher` (a FaissSearcher over these embeddings)
         for large pools; `within` [B, K] restricts each query to a candidate pool.
@@ -319,14 +282,9 @@ class CandidateIndex:
         return exact_search(self.embeddings, query_embeddings, k, within)
 
 
-def index_dir(run_dir: Path | str) -> Path:
-    """Where a run keeps its index."""
-    return Path(run_dir) / INDEX_DIRNAME
-
-
-def read_index_info(run_dir: Path | str) -> dict[str, Any]:
+def read_index_info(run: RunDir) -> dict[str, Any]:
     """The index.json of a run's index; CandidateIndexError when absent or unreadable."""
-    path = index_dir(run_dir) / INDEX_JSON
+    path = run.index_dir / INDEX_JSON
     try:
         info = json.loads(path.read_text())
     except FileNotFoundError as error:
@@ -356,13 +314,14 @@ def check_current(
 
 
 def load_index(
-    run_dir: Path | str,
+    run: RunDir | Path | str,
     checkpoint_sha256: str | None = None,
     dataset_sha256: str | None = None,
 ) -> CandidateIndex:
     """Open RUN/index/; refuse (StaleIndexError) an index of another checkpoint or dataset."""
-    folder = index_dir(run_dir)
-    info = read_index_info(run_dir)
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    folder = run.index_dir
+    info = read_index_info(run)
     check_current(info, folder, checkpoint_sha256, dataset_sha256)
     try:
         embeddings = np.load(folder / EMBEDDINGS_FILE)
@@ -376,57 +335,19 @@ def load_index(
     return CandidateIndex(embeddings, metadata.reset_index(drop=True), thumbnails, info, folder)
 
 
-def _thumbnails(cxr: Any, size: int) -> np.ndarray:
-    """[B, 1, S, S] float tensor in [0, 1] -> uint8 [B, T, T] by area averaging."""
-    import torch
-    import torch.nn.functional as F
-
-    if cxr.shape[-1] > size:
-        cxr = F.interpolate(cxr, size=(size, size), mode="area")
-    return (cxr[:, 0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-
-
-def embed_cxr_split(
-    model: EmbeddingModel,
-    cxr: np.ndarray,  # uint8 [N, 1, S, S] (or float16 in [0, 1])
-    batch_size: int = 64,
-    thumbnail_size: int = 96,
-    progress: bool = True,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Embed uint8 CXRs [N, 1, S, S] -> (float32 [N, d] embeddings, uint8 [N, T, T] thumbs)."""
-    import torch
-    from tqdm.auto import tqdm
-
-    embeddings, thumbs = [], []
-    starts = range(0, len(cxr), batch_size)
-    with torch.inference_mode():
-        for start in tqdm(starts, desc="index", unit="batch", disable=not progress):
-            pixels = np.array(cxr[start : start + batch_size])
-            batch = torch.from_numpy(pixels).to(torch.float32)
-            if pixels.dtype == np.uint8:  # uint8 0..255; float16 datasets are already in [0, 1]
-                batch = batch / 255.0
-            embeddings.append(model.encode_cxr(batch).float().cpu().numpy())
-            thumbs.append(_thumbnails(batch, thumbnail_size))
-    if not embeddings:
-        raise ValueError("no candidate CXRs to index")
-    return np.concatenate(embeddings), np.concatenate(thumbs)
-
-
 def _save_npy(folder: Path, name: str, array: np.ndarray) -> None:
     with open(folder / name, "wb") as handle:
         np.save(handle, array)
 
 
 def write_index(
-    run_dir: Path | str,
+    run: RunDir,
     embeddings: np.ndarray,
     metadata: pd.DataFrame,
     thumbnails: np.ndarray,
     info: dict[str, Any],
 ) -> Path:
     """Write RUN/index/ atomically: a temporary sibling folder, then renames."""
-    run_dir = Path(run_dir)
-    target = index_dir(run_dir)
     info = {
         **info,
         "schema_version": SCHEMA_VERSION,
@@ -434,32 +355,19 @@ def write_index(
         "dim": int(embeddings.shape[1]),
         "thumbnail_size": int(thumbnails.shape[-1]),
     }
-    tmp = Path(tempfile.mkdtemp(prefix=".index.tmp-", dir=run_dir))
-    try:
+    with atomic_directory(run.index_dir) as tmp:
         _save_npy(tmp, EMBEDDINGS_FILE, np.ascontiguousarray(embeddings, dtype=np.float32))
         _save_npy(tmp, THUMBNAILS_FILE, np.ascontiguousarray(thumbnails, dtype=np.uint8))
         metadata.reset_index(drop=True).to_parquet(tmp / METADATA_FILE, index=False)
         # index.json last: its presence means the other files are complete.
         (tmp / INDEX_JSON).write_text(json.dumps(info, indent=2, default=str) + "\n")
-        old = None
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=".index.old-", dir=run_dir))
-            os.replace(target, old / INDEX_DIRNAME)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
+    return run.index_dir
 
 
-def split_metadata(dataset_dir: Path | str, split: str) -> pd.DataFrame:
-    """Manifest rows of one split ordered by row, with the columns the index keeps."""
-    manifest = pd.read_parquet(Path(dataset_dir) / "manifest.parquet")
-    part = manifest[manifest["split"] == split].sort_values("row").reset_index(drop=True)
-    columns = [c for c in METADATA_COLUMNS if c in part.columns]
-    part = part[columns].copy()
+def split_metadata(dataset: DatasetDir, split: str) -> pd.DataFrame:
+    """The index's metadata of one split: position, then the manifest's METADATA_COLUMNS."""
+    manifest = dataset.manifest(split)
+    part = manifest[[c for c in METADATA_COLUMNS if c in manifest.columns]].copy()
     part.insert(0, "position", np.arange(len(part), dtype=np.int64))
     return part
 
@@ -477,31 +385,19 @@ class IndexConfig:
     force: bool = False
 
 
-def run_dataset_dir(run: LoadedRunLike) -> Path:
-    """The dataset a run was trained on (config.json's "data"): as written, else under RUN."""
-    data = getattr(run, "data_dir", None)
-    if data is None:
-        raise CandidateIndexError(Path(run.run_dir) / "config.json", "names no dataset: pass one")
-    path = Path(data)
-    if path.is_absolute() or path.exists():
-        return path
-    return Path(run.run_dir) / path
-
-
 def build_index(
-    run: LoadedRunLike, data_dir: Path | str, config: IndexConfig, progress: bool = True
+    run: LoadedRun, dataset: DatasetDir, config: IndexConfig, progress: bool = True
 ) -> CandidateIndex:
     """Embed every CXR of the split with the run's model and write RUN/index/ atomically."""
-    data_dir = Path(data_dir)
-    cxr = SplitArrays(data_dir, config.split).cxr
-    metadata = split_metadata(data_dir, config.split)
+    cxr = SplitArrays(dataset, config.split).cxr  # the CXRs alone: labs are not indexed
+    metadata = split_metadata(dataset, config.split)
     if len(metadata) != len(cxr):
         raise CandidateIndexError(
-            data_dir / "manifest.parquet",
+            dataset.manifest_path,
             f"{len(metadata)} rows for {config.split}, but cxr.npy has {len(cxr)}",
         )
-    log.info("indexing %d %s CXRs of %s", len(cxr), config.split, data_dir)
-    embeddings, thumbnails = embed_cxr_split(
+    log.info("indexing %d %s CXRs of %s", len(cxr), config.split, dataset.path)
+    embeddings, thumbnails = embed_cxr_pool(
         run.model, cxr, config.batch_size, config.thumbnail_size, progress
     )
     info = {
@@ -509,21 +405,21 @@ def build_index(
         "objective": run.objective,
         "checkpoint": Path(run.checkpoint_path).name,
         "checkpoint_sha256": run.checkpoint_sha256,
-        "dataset": str(data_dir.resolve()),
-        "dataset_sha256": file_sha256(data_dir / "dataset.json"),
+        "dataset": str(dataset.path),
+        "dataset_sha256": dataset.sha256(),
         "split": config.split,
     }
-    write_index(run.run_dir, embeddings, metadata, thumbnails, info)
-    return load_index(run.run_dir, run.checkpoint_sha256)
+    write_index(run.run, embeddings, metadata, thumbnails, info)
+    return load_index(run.run, run.checkpoint_sha256)
 
 
 def split_query_vectors(
-    run: LoadedRunLike, data_dir: Path | str, split: str, limit: int = 256, batch_size: int = 64
+    run: LoadedRun, dataset: DatasetDir, split: str, limit: int = 256, batch_size: int = 64
 ) -> np.ndarray:
-    """Query vectors (see `query_vectors`) of the first `limit` admissions of a split; [B, d]."""
+    """Query vectors (similarity.query_vector) of the first `limit` admissions of a split."""
     import torch
 
-    arrays = SplitArrays(data_dir, split)
+    arrays = dataset.split(split)
     rows = np.arange(min(limit, len(arrays)))
     vectors = []
     with torch.inference_mode():
@@ -531,19 +427,19 @@ def split_query_vectors(
             batch = arrays.batch(rows[start : start + batch_size])
             ecg = run.model.encode_ecg(batch["ecg"]).float().numpy()
             labs = run.model.encode_labs(batch["labs"], batch["labs_observed"]).float().numpy()
-            vectors.append(query_vectors(ecg, labs, run.objective))
+            vectors.append(query_vector(run.objective, [ecg, labs]))
     return np.concatenate(vectors)
 
 
 def ensure_index(
-    run: LoadedRunLike, config: IndexConfig, progress: bool = True
+    run: LoadedRun, config: IndexConfig, progress: bool = True
 ) -> tuple[CandidateIndex, bool]:
     """The run's current index, rebuilt when missing, stale or forced; (index, rebuilt)."""
-    data_dir = Path(config.data_dir) if config.data_dir else run_dataset_dir(run)
-    dataset_sha = file_sha256(data_dir / "dataset.json")
+    dataset = run.run.dataset(config.data_dir)
+    dataset_sha = dataset.sha256()
     if not config.force:
         try:
-            index = load_index(run.run_dir, run.checkpoint_sha256, dataset_sha)
+            index = load_index(run.run, run.checkpoint_sha256, dataset_sha)
         except StaleIndexError as error:
             log.warning("rebuilding a stale index: %s", error.reason)
         except CandidateIndexError as error:
@@ -552,4 +448,4 @@ def ensure_index(
             if index.info.get("split") == config.split:
                 return index, False
             log.info("rebuilding: the index holds split %s", index.info.get("split"))
-    return build_index(run, data_dir, config, progress), True
+    return build_index(run, dataset, config, progress), True

@@ -11,9 +11,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +20,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+
+from symile_clinical.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
 
 METRICS_FILE = "metrics.json"
 MARKDOWN_FILE = "report.md"
@@ -43,43 +42,6 @@ _COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 
 
 # ----------------------------------------------------------------------------- files
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write data to path through a temporary file in the same folder and os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """UTF-8 text version of write_bytes_atomic."""
-    write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Pretty JSON (NaN written as null) through write_bytes_atomic."""
-    write_text_atomic(path, json.dumps(_json_safe(payload), indent=2) + "\n")
-
-
-def _json_safe(value: Any) -> Any:
-    """Replace NaN/inf by None and numpy scalars by Python ones, recursively."""
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
 
 
 def figure_to_png(figure: Figure, dpi: int = 110) -> bytes:
@@ -456,9 +418,10 @@ def write_report(
         write_bytes_atomic(out_dir / name, data)
         plot_files[key] = name
         written[key] = out_dir / name
-    write_json_atomic(out_dir / METRICS_FILE, metrics)
     write_text_atomic(out_dir / MARKDOWN_FILE, render_markdown(metrics, plot_files))
     write_text_atomic(out_dir / HTML_FILE, render_html(metrics, pngs))
+    # metrics.json last: its presence means the whole report is written.
+    write_json_atomic(out_dir / METRICS_FILE, metrics)
     written.update(
         metrics=out_dir / METRICS_FILE,
         markdown=out_dir / MARKDOWN_FILE,

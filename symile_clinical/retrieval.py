@@ -14,7 +14,16 @@ needs no permutation of the matrix.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+import torch
+
+from symile_clinical.dataset_dir import CandidateSets
+from symile_clinical.similarity import score_fn
+
+# Queries scored against the whole pool at once: a [chunk, N] float32 block in memory.
+QUERY_CHUNK = 1024
 
 
 def true_item_ranks(
@@ -93,3 +102,52 @@ def top_k_indices(scores: np.ndarray, k: int, rng: np.random.Generator) -> np.nd
     jitter = rng.random(scores.shape)
     order = np.lexsort((jitter, -scores), axis=1)
     return order[:, :k].astype(np.int64)
+
+
+@dataclass
+class QueryRanks:
+    """Per-query ranks of the true CXR (1-based) and the candidate-set scores."""
+
+    candidate_ranks: np.ndarray  # int64 [Q], within the query's K candidates
+    pool_ranks: np.ndarray  # int64 [Q], within the whole split
+    candidate_scores: np.ndarray  # float32 [Q, K]
+
+    def candidate_top1(self) -> float:
+        """Fraction of queries whose true CXR ranks first among its candidates."""
+        return float((self.candidate_ranks == 1).mean()) if len(self.candidate_ranks) else 0.0
+
+
+def rank_queries(
+    objective: str,
+    ecg: np.ndarray,
+    labs: np.ndarray,
+    cxr: np.ndarray,
+    sets: CandidateSets,
+    seed: int,
+    chunk: int = QUERY_CHUNK,
+) -> QueryRanks:
+    """Rank each query's true CXR within its candidate set and within the whole pool.
+
+    ecg, labs, cxr: float32 [N, d] embeddings of the split's rows; query q is row
+    sets.query_rows[q] and its true CXR is the same row. Scores come from
+    similarity.score_fn(objective), a chunk of queries against the pool at a time. Candidate
+    ties break with np.random.default_rng(seed) over all queries in one draw; pool ties with
+    ([seed, 1]). Training's validation accuracy and evaluation both rank here.
+    """
+    scorer = score_fn(objective)
+    pool = torch.from_numpy(np.ascontiguousarray(cxr, dtype=np.float32))
+    q_ecg = torch.from_numpy(np.ascontiguousarray(ecg[sets.query_rows], dtype=np.float32))
+    q_labs = torch.from_numpy(np.ascontiguousarray(labs[sets.query_rows], dtype=np.float32))
+    n_queries = len(sets)
+    candidate_scores = np.empty(sets.candidate_rows.shape, dtype=np.float32)
+    pool_ranks = np.empty(n_queries, dtype=np.int64)
+    pool_rng = np.random.default_rng([seed, 1])
+    for start in range(0, n_queries, chunk):
+        part = slice(start, min(start + chunk, n_queries))
+        scores = scorer(pool, [q_ecg[part], q_labs[part]]).numpy()
+        candidate_scores[part] = candidate_set_scores(scores, sets.candidate_rows[part])
+        pool_ranks[part] = true_item_ranks(scores, sets.query_rows[part], pool_rng)
+    candidate_ranks = true_item_ranks(
+        candidate_scores, sets.true_position, np.random.default_rng(seed)
+    )
+    return QueryRanks(candidate_ranks, pool_ranks, candidate_scores)

@@ -9,7 +9,7 @@ Both are a single matrix product, so candidate search is exact and fast.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from torch import Tensor
 
@@ -29,6 +29,33 @@ def _check(candidates: Tensor, queries: Sequence[Tensor]) -> None:
             )
 
 
+def symile_query_vector(queries: Sequence[Any]) -> Any:
+    """Symile's query vector: the element-wise product of the query embeddings ([B, d] each,
+    torch or numpy), so that MIP(q_1, ..., q_n, c) = <q_1 * ... * q_n, c>."""
+    product = queries[0]
+    for q in queries[1:]:
+        product = product * q
+    return product
+
+
+def clip_query_vector(queries: Sequence[Any]) -> Any:
+    """CLIP's query vector: the sum of the query embeddings ([B, d] each, torch or numpy),
+    since sum_m <q_m, c> = <sum_m q_m, c>."""
+    total = queries[0]
+    for q in queries[1:]:
+        total = total + q
+    return total
+
+
+def query_vector(objective: str, queries: Sequence[Any]) -> Any:
+    """The vector each candidate is dotted with under `objective` ("symile" | "clip")."""
+    if objective == "symile":
+        return symile_query_vector(queries)
+    if objective == "clip":
+        return clip_query_vector(queries)
+    raise ValueError(f"unknown objective {objective!r}: expected 'symile' or 'clip'")
+
+
 def mip_scores(candidates: Tensor, queries: Sequence[Tensor]) -> Tensor:
     """Symile scores [B, K]: entry (b, k) = MIP(queries[0][b], ..., queries[-1][b], candidates[k]).
 
@@ -36,10 +63,7 @@ def mip_scores(candidates: Tensor, queries: Sequence[Tensor]) -> Tensor:
     Equal to `symile.MIPSimilarity()(candidates, queries)`.
     """
     _check(candidates, queries)
-    product = queries[0]
-    for q in queries[1:]:
-        product = product * q
-    return product @ candidates.T
+    return symile_query_vector(queries) @ candidates.T
 
 
 def clip_scores(candidates: Tensor, queries: Sequence[Tensor]) -> Tensor:
@@ -48,11 +72,7 @@ def clip_scores(candidates: Tensor, queries: Sequence[Tensor]) -> Tensor:
     candidates: [K, d]; queries: one [B, d] tensor per query modality.
     """
     _check(candidates, queries)
-    total = queries[0]
-    for q in queries[1:]:
-        total = total + q
-    # sum_m <q_m, c> = <sum_m q_m, c>: one matrix product, whatever the number of queries.
-    return total @ candidates.T
+    return clip_query_vector(queries) @ candidates.T
 
 
 def score_fn(objective: Literal["symile", "clip"]) -> ScoreFn:

@@ -5,6 +5,12 @@ under torchrun), forward under autocast (bf16 on CUDA), the loss (which gathers 
 ranks' embeddings itself, so negatives are global), backward, gradient clipping, AdamW,
 the warm-up + cosine schedule, and the logit scale clamped at ln 100.
 
+`Trainer` holds one run's moving parts (model, optimiser, schedule, scaler, generators,
+progress), built from a config, a `DatasetDir`, a `RunDir` and the `World`; its
+`state_dict()` is the checkpoint. `train` drives it: `run_epoch()`, then `validate()` and
+`end_epoch()` (keep the best, count patience, checkpoint), until the epochs, `max_steps` or
+the patience run out.
+
 Every source of randomness is explicit and checkpointed, so a run killed and resumed ends
 with the same weights as one that never stopped (bit for bit on CPU):
 - the data order is a permutation drawn per epoch from np.random.default_rng([seed, epoch]);
@@ -24,19 +30,18 @@ import os
 import signal
 import time
 from collections.abc import Iterator
-from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from models import SymileModel, build_model
+from models import CXRWeightsError, SymileModel, build_model
+from symile_clinical.atomic import write_text_atomic
 from symile_clinical.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
@@ -44,29 +49,24 @@ from symile_clinical.checkpoint import (
     previous_path,
     save_checkpoint,
 )
-from symile_clinical.config import ConfigError, TrainConfig, config_from_dict, config_to_dict
-from symile_clinical.data import (
-    CandidateSets,
-    MemmapDataset,
-    SplitArrays,
-    fill_percentiles,
-    load_candidate_sets,
-    read_dataset_json,
-)
+from symile_clinical.config import ConfigError, TrainConfig, config_to_dict
+from symile_clinical.data import MemmapDataset
+from symile_clinical.dataset_dir import CandidateSets, DatasetDir, SplitArrays
+from symile_clinical.distributed import World, joined_world
+from symile_clinical.embedding import SplitEmbeddings, autocast, embed_split, to_device
+from symile_clinical.errors import SymileClinicalError
 from symile_clinical.losses import clip_loss, symile_loss
-from symile_clinical.retrieval import candidate_set_scores, true_item_ranks
-from symile_clinical.runs import CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE
-from symile_clinical.similarity import score_fn
+from symile_clinical.retrieval import rank_queries
+from symile_clinical.runs import RunDir
 
 log = logging.getLogger(__name__)
 
 
-class RunExistsError(FileExistsError):
+class RunExistsError(SymileClinicalError):
     """The run directory already holds a checkpoint and --resume was not asked for."""
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(f"{path}: already holds a run; pass --resume to continue it")
-        self.path = path
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__(path, "already holds a run; pass --resume to continue it")
 
 
 @dataclass(frozen=True)
@@ -92,18 +92,6 @@ class _Progress:
     best_epoch: int | None = None
     epochs_without_improvement: int = 0
     stopped_early: bool = False
-
-
-@dataclass(frozen=True)
-class _World:
-    rank: int
-    world_size: int
-    local_rank: int
-    initialised_here: bool
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
 
 class WarmupCosine:
@@ -180,26 +168,13 @@ class TrainStep(nn.Module):
         return ecg_emb, labs_emb, cxr_emb, self.model.logit_scale.exp()
 
 
-def _setup_world(device_kind: str) -> _World:
-    """Join the torchrun process group when launched by torchrun (WORLD_SIZE > 1)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
-        return _World(0, 1, 0, False)
-    initialised_here = False
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
-        initialised_here = True
-    return _World(
-        dist.get_rank(),
-        dist.get_world_size(),
-        int(os.environ.get("LOCAL_RANK", "0")),
-        initialised_here,
-    )
+def _uses_cuda(requested: str) -> bool:
+    return requested == "cuda" or (requested == "auto" and torch.cuda.is_available())
 
 
 def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
     """ "auto" -> cuda:<local_rank> when CUDA is available, else cpu."""
-    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
+    if not _uses_cuda(requested):
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise ConfigError("device", "cuda requested but torch.cuda.is_available() is False")
@@ -258,49 +233,15 @@ def drop_labs(
     return torch.where(drop, fill.expand_as(labs), labs), torch.where(drop, 0.0, observed)
 
 
-@torch.no_grad()
-def embed_split(
-    model: SymileModel,
-    arrays: SplitArrays,
-    device: torch.device,
-    batch_size: int,
-    amp_dtype: torch.dtype | None = None,
-    channels_last: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(ecg_emb, labs_emb, cxr_emb), float32 [N, d] each on CPU, for every row of a split."""
-    was_training = model.training
-    model.eval()
-    outputs: list[tuple[torch.Tensor, ...]] = []
-    try:
-        for start in range(0, len(arrays), batch_size):
-            rows = np.arange(start, min(start + batch_size, len(arrays)))
-            batch = _to_device(arrays.batch(rows), device, channels_last)
-            with _autocast(device, amp_dtype):
-                embs = model(batch["ecg"], batch["labs"], batch["labs_observed"], batch["cxr"])
-            outputs.append(tuple(e.float().cpu() for e in embs))
-    finally:
-        model.train(was_training)
-    return tuple(torch.cat(parts) for parts in zip(*outputs, strict=True))  # type: ignore[return-value]
-
-
 def retrieval_accuracy(
-    embeddings: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-    candidates: CandidateSets,
-    objective: str,
-    seed: int = 0,
+    embeddings: SplitEmbeddings, candidates: CandidateSets, objective: str, seed: int = 0
 ) -> float:
-    """Top-1 accuracy of retrieving each query's CXR among its candidate set.
-
-    Scores every query against the whole split's CXRs with `similarity.score_fn(objective)`
-    (one matrix product) and picks each query's own candidates; ties break at random
-    (seeded), as in the evaluation.
-    """
-    ecg_emb, labs_emb, cxr_emb = embeddings
-    rows = torch.as_tensor(np.array(candidates.query_rows, dtype=np.int64))
-    scores = score_fn(objective)(cxr_emb, [ecg_emb[rows], labs_emb[rows]]).numpy()
-    candidate_scores = candidate_set_scores(scores, candidates.candidate_rows)
-    ranks = true_item_ranks(candidate_scores, candidates.true_position, np.random.default_rng(seed))
-    return float((ranks == 1).mean())
+    """Top-1 accuracy of retrieving each query's CXR among its candidate set, ranked as the
+    evaluation ranks (`retrieval.rank_queries`: ties break at random, seeded)."""
+    ranks = rank_queries(
+        objective, embeddings.ecg, embeddings.labs, embeddings.cxr, candidates, seed
+    )
+    return ranks.candidate_top1()
 
 
 def train_step(
@@ -320,7 +261,7 @@ def train_step(
     caller steps the LR schedule. The logit scale is clamped at ln 100 afterwards.
     """
     device = batch["ecg"].device
-    with _autocast(device, amp_dtype):
+    with autocast(device, amp_dtype):
         ecg_emb, labs_emb, cxr_emb, scale = forward(
             batch["ecg"], batch["labs"], batch["labs_observed"], batch["cxr"]
         )
@@ -337,26 +278,12 @@ def train_step(
     return loss.detach(), grad_norm.detach()
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
-    if dtype is None:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _to_device(
-    batch: dict[str, torch.Tensor], device: torch.device, channels_last: bool
-) -> dict[str, torch.Tensor]:
-    moved = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
-    if channels_last:
-        moved["cxr"] = moved["cxr"].contiguous(memory_format=torch.channels_last)
-    return moved
-
-
 class _MetricsLog:
-    """metrics.jsonl (one JSON object per event) and, if importable, TensorBoard; rank 0 only."""
+    """The run's metrics log (one JSON object per event) and, if importable, TensorBoard;
+    written by rank 0 only."""
 
-    def __init__(self, run_dir: Path, enabled: bool) -> None:
-        self.path = run_dir / METRICS_FILE
+    def __init__(self, run: RunDir, enabled: bool) -> None:
+        self.path = run.metrics_log
         self.enabled = enabled
         self.tensorboard = None
         if enabled:
@@ -365,7 +292,7 @@ class _MetricsLog:
             except ImportError:  # tensorboard is optional
                 log.debug("tensorboard not installed; metrics go to %s only", self.path)
             else:
-                self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
+                self.tensorboard = SummaryWriter(str(run.tensorboard_dir))
 
     def truncate_after(self, step: int) -> None:
         """Drop events logged after `step` (a killed run's steps that the resume repeats)."""
@@ -376,11 +303,10 @@ class _MetricsLog:
             for line in self.path.read_text().splitlines()
             if line.strip() and json.loads(line).get("step", 0) <= step
         ]
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, event: str, **values: Any) -> None:
+        """Append one event (and its float values to TensorBoard)."""
         if not self.enabled:
             return
         record = {"event": event, "time": round(time.time(), 3), **values}
@@ -392,14 +318,9 @@ class _MetricsLog:
                     self.tensorboard.add_scalar(f"{event}/{key}", value, values.get("step", 0))
 
     def close(self) -> None:
+        """Close TensorBoard's writer."""
         if self.tensorboard is not None:
             self.tensorboard.close()
-
-
-def _write_json_atomic(path: Path, values: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(values, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -434,7 +355,8 @@ def _set_rng_state(
 
 
 def _load_resume_checkpoint(path: Path) -> dict[str, Any]:
-    """last.pt, or last.prev.pt when last.pt is unusable (the error is logged, naming it)."""
+    """The checkpoint at `path`, or the one it replaced when it is unusable (the error is
+    logged, naming it)."""
     try:
         return load_checkpoint(path)
     except CheckpointError as error:
@@ -446,312 +368,386 @@ def _load_resume_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def _prepare_run_dir(
-    config: TrainConfig, data_dir: Path, run_dir: Path, resume: bool, is_main: bool
+    config: TrainConfig, dataset: DatasetDir, run: RunDir, resume: bool, is_main: bool
 ) -> bool:
-    """Check or write RUN/config.json; True when there is a checkpoint to resume from."""
-    last = run_dir / CHECKPOINT_DIR / "last.pt"
-    config_path = run_dir / CONFIG_FILE
-    has_checkpoint = last.exists() or previous_path(last).exists()
+    """Check the run's config (on resume) or write it; True when there is a checkpoint to
+    resume from."""
+    has_checkpoint = run.has_checkpoint()
     if has_checkpoint and not resume:
-        raise RunExistsError(run_dir)
-    if resume and config_path.exists():
-        saved = json.loads(config_path.read_text())
-        if config_from_dict(saved, source=str(config_path)) != config:
+        raise RunExistsError(run.path)
+    if resume and run.has_config():
+        if run.read_config() != config:
             raise ConfigError(
-                str(config_path), "differs from the config given; resume with the run's own config"
+                run.config_path, "differs from the config given; resume with the run's own config"
             )
     elif is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / CHECKPOINT_DIR).mkdir(exist_ok=True)
-        _write_json_atomic(config_path, {**config_to_dict(config), "data": str(data_dir)})
+        run.write_config(config, dataset)
     return resume and has_checkpoint
 
 
-def train(
-    config: TrainConfig,
-    data_dir: Path | str,
-    run_dir: Path | str,
-    resume: bool = False,
-    progress: bool = True,
-    stop_after_steps: int | None = None,
-) -> TrainResult:
-    """Train a SymileModel on DATASET's train split; select by val retrieval accuracy.
+@dataclass
+class _LogWindow:
+    """Losses, gradient norms and samples since the last "train" event (spans epochs)."""
 
-    Writes RUN/config.json, RUN/checkpoints/{last,best}.pt and RUN/metrics.jsonl.
-    `config.model`'s input shapes are taken from the dataset. `stop_after_steps` is a test
-    hook: the process SIGKILLs itself right after that step (as a crash would).
-    Under torchrun, call it in every process; rank 0 alone writes files.
+    losses: list[float] = field(default_factory=list)
+    grad_norms: list[float] = field(default_factory=list)
+    samples: int = 0
+    start: float = field(default_factory=time.perf_counter)
+
+    def add(self, loss: float, grad_norm: float, samples: int) -> None:
+        """Record one step."""
+        self.losses.append(loss)
+        self.grad_norms.append(grad_norm)
+        self.samples += samples
+
+    def flush(self) -> tuple[float, float, float]:
+        """(mean loss, mean gradient norm, samples/s) of the window, which starts anew."""
+        elapsed = time.perf_counter() - self.start
+        samples_per_s = self.samples / elapsed if elapsed > 0 else float("nan")
+        means = float(np.mean(self.losses)), float(np.mean(self.grad_norms))
+        self.losses, self.grad_norms, self.samples = [], [], 0
+        self.start = time.perf_counter()
+        return (*means, samples_per_s)
+
+
+class Trainer:
+    """One run's moving parts: model (DDP-wrapped under torchrun), AdamW, the warm-up + cosine
+    schedule, the gradient scaler, the seeded generators and the progress.
+
+    Built from a config, a dataset, a run directory and the world; with `resume`, restored
+    from the run's last checkpoint. `state_dict()` is the checkpoint's content.
     """
-    data_dir, run_dir = Path(data_dir), Path(run_dir)
-    requested = config.device
-    device_kind = (
-        "cuda"
-        if requested == "cuda" or (requested == "auto" and torch.cuda.is_available())
-        else "cpu"
-    )
-    world = _setup_world(device_kind)
-    try:
-        return _train(config, data_dir, run_dir, resume, progress, stop_after_steps, world)
-    finally:
-        if world.initialised_here:
-            dist.destroy_process_group()
 
+    def __init__(
+        self,
+        config: TrainConfig,
+        dataset: DatasetDir,
+        run: RunDir,
+        world: World,
+        resume: bool = False,
+    ) -> None:
+        self.world, self.dataset, self.run = world, dataset, run
+        self.device = device = resolve_device(config.device, world.local_rank)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        config = fit_model_to_data(config, dataset.split("train"))
+        if config.batch_size % world.world_size:
+            raise ConfigError(
+                "batch_size", f"{config.batch_size} not divisible by {world.world_size} ranks"
+            )
+        self.config = config
+        resuming = _prepare_run_dir(config, dataset, run, resume, world.is_main)
+        world.barrier()  # the config is written before any rank reads the run directory
 
-def _train(
-    config: TrainConfig,
-    data_dir: Path,
-    run_dir: Path,
-    resume: bool,
-    progress: bool,
-    stop_after_steps: int | None,
-    world: _World,
-) -> TrainResult:
-    device = resolve_device(config.device, world.local_rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    train_arrays = SplitArrays(data_dir, "train")
-    config = fit_model_to_data(config, train_arrays)
-    if config.batch_size % world.world_size:
-        raise ConfigError(
-            "batch_size", f"{config.batch_size} not divisible by {world.world_size} ranks"
+        self.fill = torch.from_numpy(dataset.fill_values)
+        self.val_arrays = dataset.split("val")
+        self.val_candidates = dataset.candidates("val")
+        if len(self.val_candidates) == 0:
+            log.warning(
+                "no val candidate sets in %s: the best checkpoint is the last", dataset.path
+            )
+        self.amp_dtype = autocast_dtype(config, device)
+        self.channels_last = (
+            config.channels_last if config.channels_last is not None else device.type == "cuda"
         )
-    resuming = _prepare_run_dir(config, data_dir, run_dir, resume, world.is_main)
-    if world.world_size > 1:
-        dist.barrier()  # config.json exists before any rank reads the run directory
-
-    dataset_json = read_dataset_json(data_dir)
-    fill = torch.from_numpy(fill_percentiles(dataset_json))
-    if fill.shape[0] != train_arrays.n_labs:
-        raise ConfigError(
-            str(data_dir / "dataset.json"),
-            f"{fill.shape[0]} labs listed, arrays have {train_arrays.n_labs}",
+        self.model, self.step_module = self._build_model()
+        self.forward = torch.compile(self.step_module) if config.compile else self.step_module
+        self.optimizer = torch.optim.AdamW(
+            _param_groups(self.model, config.weight_decay),
+            lr=config.lr,
+            betas=config.betas,
+            foreach=True,
         )
-    val_arrays = SplitArrays(data_dir, "val")
-    val_candidates = load_candidate_sets(data_dir, "val")
-    if len(val_candidates) == 0:
-        log.warning("no val candidate sets in %s: best.pt follows last.pt", data_dir)
-
-    amp_dtype = autocast_dtype(config, device)
-    channels_last = (
-        config.channels_last if config.channels_last is not None else device.type == "cuda"
-    )
-    # The global generator drives dropout layers only; seeded per rank, saved in checkpoints.
-    torch.manual_seed(config.seed + world.rank)
-    model = build_model(
-        config.model,
-        seed=config.seed,
-        cxr_weights=Path(config.cxr_weights) if config.cxr_weights else None,
-    ).to(device)
-    if channels_last:
-        model.cxr_encoder.to(memory_format=torch.channels_last)
-    step_module: nn.Module = TrainStep(model)
-    if world.world_size > 1:
-        step_module = nn.parallel.DistributedDataParallel(
-            step_module, device_ids=[device.index] if device.type == "cuda" else None
+        self.train_data = MemmapDataset(dataset, "train")
+        self.batches_per_epoch = len(self.train_data) // config.batch_size
+        if self.batches_per_epoch == 0:
+            raise ConfigError(
+                "batch_size",
+                f"{config.batch_size} exceeds the {len(self.train_data)} training rows",
+            )
+        total = config.epochs * self.batches_per_epoch
+        self.total_steps = total if config.max_steps is None else min(total, config.max_steps)
+        schedule = WarmupCosine(
+            min(config.warmup_steps, self.total_steps), self.total_steps, config.min_lr_ratio
         )
-    forward = torch.compile(step_module) if config.compile else step_module
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+        self.generators = {
+            "loss": torch.Generator(device=device).manual_seed(config.seed),
+            "lab_dropout": torch.Generator().manual_seed(config.seed + 1),
+        }
+        self.progress = _Progress()
+        self.metrics = _MetricsLog(run, enabled=world.is_main)
+        self.window = _LogWindow()
+        if resuming:
+            self.load_state_dict(_load_resume_checkpoint(run.last_checkpoint))
+            self.metrics.truncate_after(self.progress.step)
+            log.info(
+                "resumed %s at step %d (epoch %d)",
+                run.path,
+                self.progress.step,
+                self.progress.epoch,
+            )
 
-    optimizer = torch.optim.AdamW(
-        _param_groups(model, config.weight_decay), lr=config.lr, betas=config.betas, foreach=True
-    )
-    sampler_len = len(train_arrays) // config.batch_size
-    if sampler_len == 0:
-        raise ConfigError(
-            "batch_size", f"{config.batch_size} exceeds the {len(train_arrays)} training rows"
-        )
-    total_steps = config.epochs * sampler_len
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
-    schedule = WarmupCosine(min(config.warmup_steps, total_steps), total_steps, config.min_lr_ratio)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    generators = {
-        "loss": torch.Generator(device=device).manual_seed(config.seed),
-        "lab_dropout": torch.Generator().manual_seed(config.seed + 1),
-    }
-    state = _Progress()
-    metrics = _MetricsLog(run_dir, enabled=world.is_main)
-    checkpoints = run_dir / CHECKPOINT_DIR
+    def _build_model(self) -> tuple[SymileModel, nn.Module]:
+        """The model on the device and the TrainStep around it (DDP-wrapped under torchrun)."""
+        config, device = self.config, self.device
+        # The global generator drives dropout layers only; seeded per rank, saved in checkpoints.
+        torch.manual_seed(config.seed + self.world.rank)
+        try:
+            model = build_model(
+                config.model,
+                seed=config.seed,
+                cxr_weights=Path(config.cxr_weights) if config.cxr_weights else None,
+            ).to(device)
+        except CXRWeightsError as error:  # models/ knows only torch: its error joins ours here
+            raise ConfigError(error.path, error.reason) from error
+        if self.channels_last:
+            model.cxr_encoder.to(memory_format=torch.channels_last)
+        step_module: nn.Module = TrainStep(model)
+        if self.world.world_size > 1:
+            step_module = nn.parallel.DistributedDataParallel(
+                step_module, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        return model, step_module
 
-    if resuming:
-        saved = _load_resume_checkpoint(checkpoints / "last.pt")
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        scaler.load_state_dict(saved["scaler"])
-        _set_rng_state(saved["rng"], generators, device)
-        state = _Progress(**saved["progress"])
-        metrics.truncate_after(state.step)
-        log.info("resumed %s at step %d (epoch %d)", run_dir, state.step, state.epoch)
-
-    def checkpoint_state() -> dict[str, Any]:
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """The checkpoint: format, model, optimizer, scheduler, scaler, rng, progress, config."""
         return {
             "format": CHECKPOINT_FORMAT,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "rng": _rng_state(generators, device),
-            "progress": dataclasses.asdict(state),
-            "config": json.dumps(config_to_dict(config)),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": _rng_state(self.generators, self.device),
+            "progress": dataclasses.asdict(self.progress),
+            "config": json.dumps(config_to_dict(self.config)),
         }
 
-    def save(name: str = "last.pt") -> None:
-        if world.is_main:
-            save_checkpoint(checkpoints / name, checkpoint_state(), keep_previous=name == "last.pt")
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore everything `state_dict()` saved (its config is checked by the caller)."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"], self.generators, self.device)
+        self.progress = _Progress(**state["progress"])
 
-    def end_epoch(completed_epoch: int) -> None:
-        """Validate, keep the best, count patience, and checkpoint (called on every rank)."""
-        val_acc = None
-        if len(val_candidates):
-            embs = embed_split(
-                model, val_arrays, device, config.eval_batch_size, amp_dtype, channels_last
+    def save(self, path: Path) -> None:
+        """Write the checkpoint to `path` (rank 0 only); the last one keeps its previous."""
+        if self.world.is_main:
+            keep_previous = path == self.run.last_checkpoint
+            save_checkpoint(path, self.state_dict(), keep_previous=keep_previous)
+
+    # ------------------------------------------------------------------ the loop
+    def wants_more(self) -> bool:
+        """Whether steps, epochs and patience allow another (part of an) epoch."""
+        state = self.progress
+        return (
+            state.step < self.total_steps
+            and state.epoch < self.config.epochs
+            and not state.stopped_early
+        )
+
+    def run_epoch(self, bar: tqdm, stop_after_steps: int | None = None) -> int:
+        """Train the rest of the current epoch (or up to max_steps); returns its index.
+
+        `stop_after_steps` is a test hook: SIGKILL this process right after that step.
+        """
+        config, state = self.config, self.progress
+        self.step_module.train()
+        sampler = GlobalBatchSampler(
+            len(self.train_data),
+            config.batch_size,
+            self.world.rank,
+            self.world.world_size,
+            config.seed,
+            state.epoch,
+            skip=state.batch_in_epoch,
+        )
+        loader = DataLoader(
+            self.train_data,
+            batch_sampler=sampler,
+            num_workers=config.num_workers,
+            pin_memory=self.device.type == "cuda",
+            # Worker seeds come from this generator, not from torch's global state.
+            generator=torch.Generator().manual_seed(config.seed),
+        )
+        for batch in loader:
+            self._step(batch, bar)
+            # The end of an epoch (or of training) checkpoints anyway, after validation.
+            epoch_done = state.batch_in_epoch >= self.batches_per_epoch
+            epoch_done = epoch_done or state.step >= self.total_steps
+            every = config.checkpoint_every
+            if every and state.step % every == 0 and not epoch_done:
+                self.save(self.run.last_checkpoint)
+            if stop_after_steps is not None and state.step >= stop_after_steps:
+                log.warning("stop_after_steps=%d reached: killing this process", state.step)
+                os.kill(os.getpid(), signal.SIGKILL)
+            if state.step >= self.total_steps:
+                break
+        # The epoch ended, or max_steps cut it short: it is validated and checkpointed either way.
+        completed_epoch = state.epoch
+        if state.batch_in_epoch >= self.batches_per_epoch:
+            state.epoch += 1
+            state.batch_in_epoch = 0
+        return completed_epoch
+
+    def _step(self, batch: dict[str, torch.Tensor], bar: tqdm) -> None:
+        """Lab dropout, one optimiser step and the schedule's; logs every log_every steps."""
+        config, state = self.config, self.progress
+        labs, observed = batch["labs"], batch["labs_observed"]
+        if config.lab_dropout > 0:
+            labs, observed = drop_labs(
+                labs,
+                observed,
+                self.fill,
+                config.lab_dropout,
+                self.generators["lab_dropout"],
+                self.world.rank,
+                self.world.world_size,
             )
-            val_acc = retrieval_accuracy(embs, val_candidates, config.objective, config.seed)
+        batch = to_device(
+            {**batch, "labs": labs, "labs_observed": observed}, self.device, self.channels_last
+        )
+        loss, grad_norm = train_step(
+            self.forward,
+            self.model,
+            batch,
+            config,
+            self.optimizer,
+            self.scaler,
+            self.generators["loss"],
+            self.amp_dtype,
+        )
+        self.scheduler.step()
+        state.step += 1
+        state.batch_in_epoch += 1
+        self.window.add(float(loss), float(grad_norm), config.batch_size)
+        if state.step % config.log_every == 0 or state.step == self.total_steps:
+            mean_loss, mean_grad_norm, samples_per_s = self.window.flush()
+            self.metrics.write(
+                "train",
+                step=state.step,
+                epoch=state.epoch,
+                loss=mean_loss,
+                grad_norm=mean_grad_norm,
+                lr=float(self.scheduler.get_last_lr()[0]),
+                logit_scale=float(self.model.logit_scale.detach().exp()),
+                samples_per_s=samples_per_s,
+            )
+            bar.set_postfix(loss=f"{mean_loss:.4f}", samples_s=f"{samples_per_s:.1f}")
+        bar.update(1)
+
+    def validate(self) -> float | None:
+        """Top-1 val retrieval accuracy of the current model; None without val candidate sets."""
+        if not len(self.val_candidates):
+            return None
+        config = self.config
+        embeddings = embed_split(
+            self.model,
+            self.val_arrays,
+            self.device,
+            config.eval_batch_size,
+            self.amp_dtype,
+            self.channels_last,
+        )
+        return retrieval_accuracy(embeddings, self.val_candidates, config.objective, config.seed)
+
+    def end_epoch(self, completed_epoch: int, val_acc: float | None) -> None:
+        """Keep the best, count patience, log, and checkpoint (called on every rank)."""
+        state = self.progress
         improved = val_acc is None or state.best_val_acc is None or val_acc > state.best_val_acc
         if improved:
             state.best_val_acc, state.best_epoch = val_acc, completed_epoch
             state.epochs_without_improvement = 0
         else:
             state.epochs_without_improvement += 1
-        if config.patience and state.epochs_without_improvement >= config.patience:
+        if self.config.patience and state.epochs_without_improvement >= self.config.patience:
             state.stopped_early = True
-        metrics.write(
+        candidates = self.val_candidates
+        self.metrics.write(
             "val",
             step=state.step,
             epoch=completed_epoch,
             val_acc=val_acc,
-            chance=1.0 / val_candidates.candidate_rows.shape[1] if len(val_candidates) else None,
+            chance=1.0 / candidates.candidate_rows.shape[1] if len(candidates) else None,
             best_val_acc=state.best_val_acc,
             best_epoch=state.best_epoch,
         )
-        if world.is_main:
+        if self.world.is_main:
             log.info(
                 "epoch %d: val top-1 %s (best %s at epoch %s)",
                 completed_epoch,
-                f"{val_acc:.3f}" if val_acc is not None else "n/a",
-                f"{state.best_val_acc:.3f}" if state.best_val_acc is not None else "n/a",
+                _fmt(val_acc),
+                _fmt(state.best_val_acc),
                 state.best_epoch,
             )
-        save("last.pt")
+        self.save(self.run.last_checkpoint)
         if improved:
-            save("best.pt")
+            self.save(self.run.best_checkpoint)
 
-    dataset = MemmapDataset(data_dir, "train")
-    bar = tqdm(
-        total=total_steps,
-        initial=state.step,
-        desc="train",
-        unit="step",
-        disable=not (progress and world.is_main),
-        dynamic_ncols=True,
-    )
-    step_module.train()
-    window_losses: list[float] = []
-    window_grad_norms: list[float] = []
-    window_start = time.perf_counter()
-    window_samples = 0
-    try:
-        while state.step < total_steps and state.epoch < config.epochs and not state.stopped_early:
-            sampler = GlobalBatchSampler(
-                len(dataset),
-                config.batch_size,
-                world.rank,
-                world.world_size,
-                config.seed,
-                state.epoch,
-                skip=state.batch_in_epoch,
-            )
-            loader = DataLoader(
-                dataset,
-                batch_sampler=sampler,
-                num_workers=config.num_workers,
-                pin_memory=device.type == "cuda",
-                # Worker seeds come from this generator, not from torch's global state.
-                generator=torch.Generator().manual_seed(config.seed),
-            )
-            for batch in loader:
-                labs, observed = batch["labs"], batch["labs_observed"]
-                if config.lab_dropout > 0:
-                    labs, observed = drop_labs(
-                        labs,
-                        observed,
-                        fill,
-                        config.lab_dropout,
-                        generators["lab_dropout"],
-                        world.rank,
-                        world.world_size,
-                    )
-                batch = _to_device(
-                    {**batch, "labs": labs, "labs_observed": observed}, device, channels_last
-                )
-                loss, grad_norm = train_step(
-                    forward, model, batch, config, optimizer, scaler, generators["loss"], amp_dtype
-                )
-                scheduler.step()
-                state.step += 1
-                state.batch_in_epoch += 1
-
-                window_losses.append(float(loss))
-                window_grad_norms.append(float(grad_norm))
-                window_samples += config.batch_size
-                if state.step % config.log_every == 0 or state.step == total_steps:
-                    elapsed = time.perf_counter() - window_start
-                    samples_per_s = window_samples / elapsed if elapsed > 0 else float("nan")
-                    mean_loss = float(np.mean(window_losses))
-                    metrics.write(
-                        "train",
-                        step=state.step,
-                        epoch=state.epoch,
-                        loss=mean_loss,
-                        grad_norm=float(np.mean(window_grad_norms)),
-                        lr=float(scheduler.get_last_lr()[0]),
-                        logit_scale=float(model.logit_scale.detach().exp()),
-                        samples_per_s=samples_per_s,
-                    )
-                    bar.set_postfix(loss=f"{mean_loss:.4f}", samples_s=f"{samples_per_s:.1f}")
-                    window_losses, window_grad_norms, window_samples = [], [], 0
-                    window_start = time.perf_counter()
-                bar.update(1)
-
-                # The end of an epoch (or of training) checkpoints anyway, after validation.
-                epoch_done = state.batch_in_epoch >= sampler.batches_per_epoch()
-                epoch_done = epoch_done or state.step >= total_steps
-                if (
-                    config.checkpoint_every
-                    and state.step % config.checkpoint_every == 0
-                    and not epoch_done
-                ):
-                    save("last.pt")
-                if stop_after_steps is not None and state.step >= stop_after_steps:
-                    log.warning("stop_after_steps=%d reached: killing this process", state.step)
-                    os.kill(os.getpid(), signal.SIGKILL)
-                if state.step >= total_steps:
-                    break
-            # The epoch ended, or max_steps cut it short: validate and checkpoint either way.
-            completed_epoch = state.epoch
-            if state.batch_in_epoch >= sampler.batches_per_epoch():
-                state.epoch += 1
-                state.batch_in_epoch = 0
-            end_epoch(completed_epoch)
-        metrics.write(
-            "end",
-            step=state.step,
-            epoch=state.epoch,
+    def result(self) -> TrainResult:
+        """What the run has reached so far."""
+        state = self.progress
+        return TrainResult(
+            run_dir=self.run.path,
+            steps=state.step,
+            epochs_completed=state.epoch,
             best_val_acc=state.best_val_acc,
             best_epoch=state.best_epoch,
             stopped_early=state.stopped_early,
         )
-    finally:
-        bar.close()
-        metrics.close()
-    if world.world_size > 1:
-        dist.barrier()  # rank 0's checkpoints are on disk before any rank returns
-    return TrainResult(
-        run_dir=run_dir,
-        steps=state.step,
-        epochs_completed=state.epoch,
-        best_val_acc=state.best_val_acc,
-        best_epoch=state.best_epoch,
-        stopped_early=state.stopped_early,
-    )
+
+
+def _fmt(accuracy: float | None) -> str:
+    return f"{accuracy:.3f}" if accuracy is not None else "n/a"
+
+
+def train(
+    config: TrainConfig,
+    data_dir: str | os.PathLike[str] | DatasetDir,
+    run_dir: str | os.PathLike[str] | RunDir,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after_steps: int | None = None,
+) -> TrainResult:
+    """Train a SymileModel on DATASET's train split; select by val retrieval accuracy.
+
+    Writes the run directory: its config (recording the dataset's absolute path), the last
+    and best checkpoints and the metrics log. `config.model`'s input shapes are taken from
+    the dataset. `stop_after_steps` is a test hook: the process SIGKILLs itself right after
+    that step (as a crash would). Under torchrun, call it in every process; rank 0 alone
+    writes files.
+    """
+    dataset = data_dir if isinstance(data_dir, DatasetDir) else DatasetDir(data_dir)
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    with joined_world(cuda=_uses_cuda(config.device)) as world:
+        trainer = Trainer(config, dataset, run, world, resume=resume)
+        bar = tqdm(
+            total=trainer.total_steps,
+            initial=trainer.progress.step,
+            desc="train",
+            unit="step",
+            disable=not (progress and world.is_main),
+            dynamic_ncols=True,
+        )
+        try:
+            while trainer.wants_more():
+                epoch = trainer.run_epoch(bar, stop_after_steps)
+                trainer.end_epoch(epoch, trainer.validate())
+            state = trainer.progress
+            trainer.metrics.write(
+                "end",
+                step=state.step,
+                epoch=state.epoch,
+                best_val_acc=state.best_val_acc,
+                best_epoch=state.best_epoch,
+                stopped_early=state.stopped_early,
+            )
+        finally:
+            bar.close()
+            trainer.metrics.close()
+        world.barrier()  # rank 0's checkpoints are on disk before any rank returns
+        return trainer.result()

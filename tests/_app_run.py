@@ -3,18 +3,18 @@ untrained model saved as a real checkpoint, a CLIP comparison run, WFDB and CSV 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import wfdb
 from _dataset_factory import write_dataset
 
-from app.run_context import write_comparisons
 from models import ModelConfig, build_model
 from preprocessing.layout import MIMIC_ECG_LEADS
 from symile_clinical.checkpoint import save_checkpoint
-from symile_clinical.config import TrainConfig, config_to_dict
+from symile_clinical.config import TrainConfig
+from symile_clinical.dataset_dir import DatasetDir
+from symile_clinical.runs import RunDir
 
 N_LABS = 6
 
@@ -35,12 +35,12 @@ def small_model_config() -> ModelConfig:
 
 
 def make_run(run_dir: Path, data_dir: Path, objective: str = "symile", seed: int = 0) -> Path:
-    """RUN/config.json + RUN/checkpoints/best.pt of an untrained model over `data_dir`."""
+    """A run's config and best checkpoint, of an untrained model over `data_dir`."""
     config = TrainConfig(model=small_model_config(), objective=objective, seed=seed)
     model = build_model(config.model, seed=seed)
-    save_checkpoint(run_dir / "checkpoints" / "best.pt", {"model": model.state_dict()})
-    values = {**config_to_dict(config), "data": str(data_dir)}
-    (run_dir / "config.json").write_text(json.dumps(values, indent=2))
+    run = RunDir(run_dir)
+    save_checkpoint(run.best_checkpoint, {"model": model.state_dict()})
+    run.write_config(config, DatasetDir(data_dir))
     return run_dir
 
 
@@ -51,11 +51,13 @@ def make_runs(root: Path, n_test: int = 24) -> tuple[Path, Path, Path]:
     )
     symile = make_run(root / "symile", data, "symile")
     clip = make_run(root / "clip", data, "clip", seed=1)
-    write_comparisons(symile, [("CLIP", clip)])
+    RunDir(symile).write_comparisons([("CLIP", clip)])
     return data, symile, clip
 
 
-def write_wfdb(folder: Path, name: str = "upload", leads: tuple[str, ...] = MIMIC_ECG_LEADS):
+def write_wfdb(
+    folder: Path, name: str = "upload", leads: tuple[str, ...] = MIMIC_ECG_LEADS
+) -> tuple[Path, Path]:
     """A 10 s, 500 Hz WFDB record (format 16, MIMIC-IV-ECG's lead order); (.hea, .dat)."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(7)

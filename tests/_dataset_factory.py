@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from symile_clinical.dataset_dir import DatasetDir
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
@@ -69,6 +71,7 @@ def write_dataset(
     if n_classes > 8:
         raise ValueError("the CXR grid has room for 8 classes")
     rng = np.random.default_rng(seed)
+    dataset = DatasetDir(root)
     root.mkdir(parents=True, exist_ok=True)
     ecg_patterns = rng.choice([-1.0, 1.0], size=(n_classes, 12))
     lab_patterns = rng.choice([-1.0, 1.0], size=(n_classes, n_labs))
@@ -81,10 +84,9 @@ def write_dataset(
         arrays = _split_arrays(
             rng, classes, ecg_patterns, lab_patterns, fill, ecg_samples, cxr_size, missing_rate
         )
-        folder = root / split
-        folder.mkdir(exist_ok=True)
+        dataset.split_dir(split).mkdir(exist_ok=True)
         for name, array in arrays.items():
-            np.save(folder / f"{name}.npy", array)
+            np.save(dataset.array_path(split, name), array)
         subjects = np.arange(subject, subject + n, dtype=np.int64)
         subject += n
         time = pd.Timestamp("2150-01-01") + pd.to_timedelta(np.arange(n), unit="D")
@@ -124,8 +126,8 @@ def write_dataset(
                     }
                 )
             )
-    pd.concat(manifest_parts, ignore_index=True).to_parquet(root / "manifest.parquet")
-    pd.concat(candidate_parts, ignore_index=True).to_parquet(root / "candidates.parquet")
+    pd.concat(manifest_parts, ignore_index=True).to_parquet(dataset.manifest_path)
+    pd.concat(candidate_parts, ignore_index=True).to_parquet(dataset.candidates_path)
     labs_meta = [
         {
             "itemid": 50000 + index,
@@ -157,9 +159,9 @@ def write_dataset(
             "cxr_views": ["AP", "PA"],
         },
     }
-    (root / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
-    (root / "preprocess_report.json").write_text(json.dumps({"counts": {}}))
-    (root / "quarantine.csv").write_text("id,file,stage,reason\n")
+    dataset.dataset_json_path.write_text(json.dumps(dataset_json, indent=2))
+    dataset.report_path.write_text(json.dumps({"counts": {}}))
+    dataset.quarantine_path.write_text("id,file,stage,reason\n")
     return root
 
 

@@ -17,8 +17,9 @@ import pytest
 from _app_run import N_LABS, labs_csv, make_runs, write_wfdb
 from streamlit.testing.v1 import AppTest
 
-from app.run_context import RUN_ENV, read_comparisons, run_dir_from_args
+from app.run_context import RUN_ENV, run_dir_from_args
 from app.uploads import MAX_UPLOAD_BYTES, UploadError, read_ecg_upload, read_labs_csv
+from symile_clinical.runs import RunDir
 
 ENTRY = Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py"
 TIMEOUT = 60  # the first run of a session loads torch, the model and the index
@@ -310,7 +311,7 @@ def test_run_dir_comes_from_the_script_arguments_or_the_environment(runs) -> Non
     assert run_dir_from_args(["--run=c"], {RUN_ENV: "d"}) == Path("c")
     assert run_dir_from_args([], {RUN_ENV: "d"}) == Path("d")
     assert run_dir_from_args([], {}) is None
-    assert read_comparisons(runs[1]) == [("CLIP", runs[1] / "../clip")]
+    assert RunDir(runs[1]).comparisons() == [("CLIP", RunDir(runs[1] / "../clip"))]
 
 
 def test_uploaded_record_equals_the_dataset_reader(record, tmp_path: Path) -> None:
@@ -402,7 +403,7 @@ def test_admission_ecg_reads_the_ecg_release_preprocess_read(tmp_path: Path) -> 
     dataset = _dataset_json(config, "f", [], {})
     assert dataset["source"]["ecg_dir"] == str(ecg_dir)
     context = SimpleNamespace(
-        dataset=dataset,
+        dataset=SimpleNamespace(info=dataset),
         manifest=pd.DataFrame({"ecg_path": ["files/p1000/p10000032/s40689238/40689238"]}),
         arrays=SimpleNamespace(ecg=np.zeros((1, 12, 5000), np.float16)),
     )

@@ -14,7 +14,7 @@ from preprocessing.cohort import (
     earliest_in_window,
     first_lab_values,
 )
-from preprocessing.tables import study_datetime
+from preprocessing.tables import LabScan, study_datetime
 
 T0 = pd.Timestamp("2180-07-23 08:00:00")
 
@@ -62,6 +62,12 @@ def random_tables(seed: int = 0, n_subjects: int = 40) -> dict[str, pd.DataFrame
     }
 
 
+def fixed_scan(lab_rows: pd.DataFrame):
+    """scan_labs for build_cohort: the given numeric rows, whichever subjects are asked for."""
+    malformed = pd.DataFrame(columns=["labevent_id", "subject_id", "itemid", "valuenum_text"])
+    return lambda subject_ids: LabScan(lab_rows, malformed, rows_read=len(lab_rows))
+
+
 def slow_cohort(t: dict[str, pd.DataFrame], windows: CohortWindows, itemids: list[int]) -> dict:
     """The definition written out one admission at a time."""
     h = pd.Timedelta(hours=1)
@@ -99,7 +105,9 @@ def slow_cohort(t: dict[str, pd.DataFrame], windows: CohortWindows, itemids: lis
 def test_vectorised_cohort_matches_row_by_row() -> None:
     t = random_tables()
     windows = CohortWindows()
-    cohort = build_cohort(t["admissions"], t["ecgs"], t["cxrs"], t["labs"], [1, 2, 3], windows)
+    cohort = build_cohort(
+        t["admissions"], t["ecgs"], t["cxrs"], fixed_scan(t["labs"]), [1, 2, 3], windows
+    )
     slow = slow_cohort(t, windows, [1, 2, 3])
     assert cohort.total_admissions == len(t["admissions"])
     assert len(cohort.admissions) + len(cohort.excluded) == len(t["admissions"])
@@ -147,7 +155,7 @@ def test_window_edges_inclusive_and_exclusive() -> None:
             "charttime": [T0 + pd.Timedelta(hours=24), T0],
         }
     )
-    cohort = build_cohort(admissions, ecgs, cxrs, labs, [9])
+    cohort = build_cohort(admissions, ecgs, cxrs, fixed_scan(labs), [9])
     # Subject 1: ECG at exactly -24 h counts; CXR at exactly +24 h does not, +72 h does.
     assert cohort.admissions["hadm_id"].tolist() == [11]
     assert cohort.admissions["dicom_id"].tolist() == ["y"]

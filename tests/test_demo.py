@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from app.demo import DemoConfig, run_demo
-from app.run_context import read_comparisons
 from symile_clinical.index import load_index
+from symile_clinical.runs import RunDir
 
 
 @pytest.mark.slow
@@ -41,7 +41,9 @@ def test_demo_runs_every_step_then_skips_what_is_current(tmp_path: Path) -> None
     assert (first.symile_run / "report" / "report.md").is_file()
     for run in (first.symile_run, first.clip_run):
         assert len(load_index(run)) == metrics["pool_size"]
-    assert read_comparisons(first.symile_run) == [("CLIP", first.symile_run / "../clip")]
+    assert RunDir(first.symile_run).comparisons() == [
+        ("CLIP", RunDir(first.symile_run / "../clip"))
+    ]
 
     assert run_demo(config).ran == ()
     assert run_demo(replace(config, n_bootstrap=30)).ran == ("evaluate",)

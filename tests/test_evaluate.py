@@ -16,17 +16,17 @@ import torch
 from models import build_model
 from symile_clinical.checkpoint import save_checkpoint
 from symile_clinical.cli import main
-from symile_clinical.config import config_to_dict, load_config
-from symile_clinical.data import CandidateSets, SplitArrays, fill_percentiles, read_dataset_json
+from symile_clinical.config import load_config
+from symile_clinical.dataset_dir import CandidateSets, DatasetDir, SplitArrays
 from symile_clinical.evaluate import (
     EvaluateConfig,
     EvaluationError,
     embed_for_evaluation,
     evaluate,
     lab_count_bins,
-    rank_queries,
 )
-from symile_clinical.runs import load_run
+from symile_clinical.retrieval import rank_queries
+from symile_clinical.runs import RunDir, load_run
 from symile_clinical.train import fit_model_to_data, train
 from tests._dataset_factory import write_dataset, write_tiny_config
 
@@ -37,12 +37,10 @@ def save_untrained_run(run_dir: Path, dataset: Path, objective: str, seed: int) 
     """A run directory holding a freshly initialised model in the trainer's formats."""
     toml = write_tiny_config(run_dir.parent / f"{run_dir.name}.toml", objective=objective)
     config = fit_model_to_data(load_config(toml), SplitArrays(dataset, "train"))
-    (run_dir / "checkpoints").mkdir(parents=True)
-    (run_dir / "config.json").write_text(
-        json.dumps({**config_to_dict(config), "data": str(dataset)})
-    )
+    run = RunDir(run_dir)
+    run.write_config(config, DatasetDir(dataset))
     model = build_model(config.model, seed=seed)
-    save_checkpoint(run_dir / "checkpoints" / "best.pt", {"format": 1, "model": model.state_dict()})
+    save_checkpoint(run.best_checkpoint, {"format": 1, "model": model.state_dict()})
     return run_dir
 
 
@@ -140,9 +138,7 @@ def test_report_files_are_complete_and_self_contained(report: Path) -> None:
 
 def test_ranks_match_a_loop_over_queries(unrelated: Path) -> None:
     arrays = SplitArrays(unrelated, "test")
-    from symile_clinical.data import load_candidate_sets
-
-    sets = load_candidate_sets(unrelated, "test")
+    sets = DatasetDir(unrelated).candidates("test")
     rng = np.random.default_rng(0)
     ecg, labs, cxr = (rng.normal(size=(len(arrays), 8)).astype(np.float32) for _ in range(3))
     for objective in ("symile", "clip"):
@@ -183,7 +179,7 @@ def test_masked_labs_query_means_every_lab_missing(
 ) -> None:
     loaded = load_run(untrained_runs["symile"])
     arrays = SplitArrays(unrelated, "test")
-    fill = fill_percentiles(read_dataset_json(unrelated))
+    fill = DatasetDir(unrelated).fill_values
     embeddings = embed_for_evaluation(loaded, arrays, fill, batch_size=50, device="cpu")
     assert embeddings.labs_masked.shape == embeddings.labs.shape
     with torch.no_grad():
@@ -254,7 +250,8 @@ def test_mismatched_inputs_are_refused(untrained_runs: dict[str, Path], tmp_path
 
 
 def test_a_winner_is_named_only_when_the_paired_ci_excludes_zero(tmp_path: Path) -> None:
-    from symile_clinical.report import comparison_sentences, write_json_atomic
+    from symile_clinical.atomic import write_json_atomic
+    from symile_clinical.report import comparison_sentences
 
     def paired(estimate: float, low: float, high: float) -> dict:
         return {

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from symile_clinical.dataset_dir import DatasetDir
 from symile_clinical.index import (
     CandidateIndexError,
     FaissSearcher,
@@ -21,12 +22,12 @@ from symile_clinical.index import (
     ensure_index,
     exact_search,
     load_index,
-    query_vectors,
     recall_against_exact,
     softmax_probabilities,
     write_index,
 )
-from symile_clinical.similarity import score_fn
+from symile_clinical.runs import RunDir
+from symile_clinical.similarity import query_vector, score_fn
 
 
 def naive_top_k(embeddings: np.ndarray, queries: np.ndarray, k: int):
@@ -82,10 +83,10 @@ def test_query_vectors_give_the_training_scores(objective: str) -> None:
     expected = score_fn(objective)(
         torch.from_numpy(cxr), [torch.from_numpy(ecg), torch.from_numpy(labs)]
     )
-    got = query_vectors(ecg, labs, objective) @ cxr.T
+    got = query_vector(objective, [ecg, labs]) @ cxr.T
     np.testing.assert_allclose(got, expected.numpy(), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="objective"):
-        query_vectors(ecg, labs, "triplet")
+        query_vector("triplet", [ecg, labs])
 
 
 def test_softmax_probabilities_sum_to_one_and_follow_scores() -> None:
@@ -139,7 +140,7 @@ def small_index_parts(n: int = 12, d: int = 6, seed: int = 0):
 def test_write_then_load_round_trips(tmp_path: Path) -> None:
     embeddings, metadata, thumbs = small_index_parts()
     write_index(
-        tmp_path,
+        RunDir(tmp_path),
         embeddings,
         metadata,
         thumbs,
@@ -157,7 +158,7 @@ def test_write_then_load_round_trips(tmp_path: Path) -> None:
 def test_an_index_of_another_checkpoint_is_refused(tmp_path: Path) -> None:
     embeddings, metadata, thumbs = small_index_parts()
     write_index(
-        tmp_path,
+        RunDir(tmp_path),
         embeddings,
         metadata,
         thumbs,
@@ -172,7 +173,11 @@ def test_missing_or_truncated_index_is_a_clear_error(tmp_path: Path) -> None:
         load_index(tmp_path)
     embeddings, metadata, thumbs = small_index_parts()
     folder = write_index(
-        tmp_path, embeddings, metadata, thumbs, {"objective": "clip", "checkpoint_sha256": "a"}
+        RunDir(tmp_path),
+        embeddings,
+        metadata,
+        thumbs,
+        {"objective": "clip", "checkpoint_sha256": "a"},
     )
     (folder / "embeddings.npy").write_bytes(b"\x93NUMPY garbage")
     with pytest.raises(CandidateIndexError, match="unreadable"):
@@ -182,12 +187,20 @@ def test_missing_or_truncated_index_is_a_clear_error(tmp_path: Path) -> None:
 def test_a_failed_rewrite_leaves_the_previous_index(tmp_path: Path) -> None:
     embeddings, metadata, thumbs = small_index_parts()
     write_index(
-        tmp_path, embeddings, metadata, thumbs, {"objective": "symile", "checkpoint_sha256": "a"}
+        RunDir(tmp_path),
+        embeddings,
+        metadata,
+        thumbs,
+        {"objective": "symile", "checkpoint_sha256": "a"},
     )
     bad = metadata.assign(dicom_id=[1, "x"] * 6)  # mixed types: parquet refuses the column
     with pytest.raises(Exception):  # noqa: B017 (pyarrow's own error type)
         write_index(
-            tmp_path, embeddings * 2, bad, thumbs, {"objective": "symile", "checkpoint_sha256": "b"}
+            RunDir(tmp_path),
+            embeddings * 2,
+            bad,
+            thumbs,
+            {"objective": "symile", "checkpoint_sha256": "b"},
         )
     index = load_index(tmp_path, checkpoint_sha256="a")
     np.testing.assert_array_equal(index.embeddings, embeddings)
@@ -214,12 +227,17 @@ class PooledCxrModel(torch.nn.Module):
 
 @dataclass
 class TinyRun:
+    """What the index needs of a LoadedRun, around the tiny model."""
+
     model: PooledCxrModel
     objective: str
-    run_dir: Path
+    run: RunDir
     checkpoint_path: Path
     checkpoint_sha256: str
-    data_dir: Path | None = None
+
+    @property
+    def run_dir(self) -> Path:
+        return self.run.path
 
 
 def write_tiny_dataset(root: Path, n: int = 9, size: int = 32) -> Path:
@@ -244,10 +262,12 @@ def write_tiny_dataset(root: Path, n: int = 9, size: int = 32) -> Path:
 
 def test_build_index_embeds_each_cxr_as_the_model_does(tmp_path: Path) -> None:
     data = write_tiny_dataset(tmp_path / "data")
-    run = TinyRun(PooledCxrModel(), "symile", tmp_path / "run", tmp_path / "best.pt", "c" * 64)
+    run = TinyRun(
+        PooledCxrModel(), "symile", RunDir(tmp_path / "run"), tmp_path / "best.pt", "c" * 64
+    )
     run.run_dir.mkdir()
     config = IndexConfig(run_dir=run.run_dir, data_dir=data, batch_size=4, thumbnail_size=16)
-    index = build_index(run, data, config, progress=False)
+    index = build_index(run, DatasetDir(data), config, progress=False)
     cxr = np.load(data / "test" / "cxr.npy")
     with torch.no_grad():
         expected = run.model.encode_cxr(torch.from_numpy(cxr).float() / 255).numpy()
@@ -260,7 +280,9 @@ def test_build_index_embeds_each_cxr_as_the_model_does(tmp_path: Path) -> None:
 
 def test_ensure_index_keeps_a_current_index_and_rebuilds_a_stale_one(tmp_path: Path) -> None:
     data = write_tiny_dataset(tmp_path / "data")
-    run = TinyRun(PooledCxrModel(), "symile", tmp_path / "run", tmp_path / "best.pt", "c" * 64)
+    run = TinyRun(
+        PooledCxrModel(), "symile", RunDir(tmp_path / "run"), tmp_path / "best.pt", "c" * 64
+    )
     run.run_dir.mkdir()
     config = IndexConfig(run_dir=run.run_dir, data_dir=data, thumbnail_size=16)
     _, rebuilt = ensure_index(run, config, progress=False)

@@ -398,7 +398,10 @@ def test_resume_from_partial_work_gives_identical_bytes(
         os.rename(shard, shard.with_name(shard.name + ".tmp-999"))
     (out / "dataset.json").unlink()
     (out / "train" / "ecg.npy").rename(out / "train" / "ecg.npy.tmp")
+    killed_write = out / "train" / ".labs.npy.tmp-999-0badf00d"  # an atomic write's temporary
+    killed_write.write_bytes(b"half")
     run_preprocess(small_config(small_root.path, out))
+    assert not killed_write.exists()
     leftovers = {p.name for p in out.rglob("*") if ".tmp" in p.name}
     assert not (out / ".work").exists()
     assert tree_digest(out).keys() - {f"train/{n}" for n in leftovers} == tree_digest(built).keys()
@@ -569,20 +572,21 @@ def test_top_k_labs_chosen_on_train(small_root: Root, tmp_path: Path) -> None:
 def test_cli_bad_root_exit_status(tmp_path: Path) -> None:
     from symile_clinical.cli import main
 
-    assert main(["preprocess", "--mimic-root", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    # A root that cannot be used is an input problem: exit 1 (symile_clinical.errors).
+    assert main(["preprocess", "--mimic-root", str(tmp_path), "--out", str(tmp_path / "o")]) == 1
 
 
 def test_an_unforeseen_reader_error_quarantines_the_file_not_the_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An odd DICOM tag raising ValueError deep in a reader is one file's problem."""
-    from preprocessing import pipeline
+    from preprocessing import decode
 
     def odd_tag(path, size):
         raise ValueError("could not convert string to float: 'N/A'")
 
-    monkeypatch.setattr(pipeline, "load_cxr_image", odd_tag)
-    task = pipeline.ShardTask(
+    monkeypatch.setattr(decode, "load_cxr_image", odd_tag)
+    task = decode.ShardTask(
         index=0,
         directory=str(tmp_path / "shards" / "00000"),
         ecg_paths=(str(tmp_path / "missing"),),
@@ -590,8 +594,8 @@ def test_an_unforeseen_reader_error_quarantines_the_file_not_the_run(
         cxr_size=8,
         ecg_normalisation="minmax",
     )
-    pipeline.decode_shard(task)
-    [[ecg, cxr]] = pipeline.read_shard_status(Path(task.directory))
+    decode.decode_shard(task)
+    [[ecg, cxr]] = decode.read_shard_status(Path(task.directory))
     assert ecg["kind"] == "missing_file"
     assert cxr["kind"] == "unexpected_error" and cxr["file"] == str(tmp_path / "odd.dcm")
     assert "ValueError" in cxr["reason"]

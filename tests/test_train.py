@@ -23,20 +23,16 @@ from symile_clinical.config import (
     load_config,
     paper_config,
 )
-from symile_clinical.data import (
-    DatasetError,
-    MemmapDataset,
-    SplitArrays,
-    load_candidate_sets,
-)
-from symile_clinical.runs import load_run
+from symile_clinical.data import MemmapDataset
+from symile_clinical.dataset_dir import DatasetDir, DatasetError, SplitArrays
+from symile_clinical.embedding import SplitEmbeddings, embed_split
+from symile_clinical.runs import RunDir, load_run
 from symile_clinical.similarity import score_fn
 from symile_clinical.train import (
     GlobalBatchSampler,
     RunExistsError,
     WarmupCosine,
     drop_labs,
-    embed_split,
     retrieval_accuracy,
     train,
 )
@@ -51,7 +47,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _events(run_dir: Path, event: str) -> list[dict]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    lines = RunDir(run_dir).metrics_log.read_text().splitlines()
     return [r for r in map(json.loads, lines) if r["event"] == event]
 
 
@@ -151,7 +147,7 @@ def test_inconsistent_split_is_a_dataset_error(dataset: Path, tmp_path: Path) ->
 
 
 def test_candidate_sets_match_the_parquet(dataset: Path) -> None:
-    sets = load_candidate_sets(dataset, "val")
+    sets = DatasetDir(dataset).candidates("val")
     assert sets.candidate_rows.shape == (24, 4)
     np.testing.assert_array_equal(
         sets.candidate_rows[np.arange(24), sets.true_position], sets.query_rows
@@ -202,7 +198,7 @@ def test_lab_dropout_hides_only_observed_labs_and_fills_them() -> None:
 
 @pytest.mark.parametrize("objective", ["symile", "clip"])
 def test_retrieval_accuracy_equals_a_per_query_loop(objective: str, dataset: Path) -> None:
-    sets = load_candidate_sets(dataset, "val")
+    sets = DatasetDir(dataset).candidates("val")
     g = torch.Generator().manual_seed(0)
     embs = tuple(torch.randn(24, 8, generator=g) for _ in range(3))
     correct = []
@@ -210,7 +206,8 @@ def test_retrieval_accuracy_equals_a_per_query_loop(objective: str, dataset: Pat
         rows = torch.as_tensor(np.array(rows))
         scores = score_fn(objective)(embs[2][rows], [embs[0][q : q + 1], embs[1][q : q + 1]])
         correct.append(int(scores.argmax()) == true)
-    assert retrieval_accuracy(embs, sets, objective) == pytest.approx(np.mean(correct))
+    split_embs = SplitEmbeddings(*(e.numpy() for e in embs))
+    assert retrieval_accuracy(split_embs, sets, objective) == pytest.approx(np.mean(correct))
 
 
 # -- training runs ---------------------------------------------------------------------------
@@ -240,11 +237,12 @@ def test_a_few_steps_lower_the_loss_and_the_checkpoint_reloads(
     assert loaded.config.model.n_labs == 6  # taken from the dataset
     embs = embed_split(loaded.model, SplitArrays(dataset, "val"), torch.device("cpu"), 32)
     best = max(e["val_acc"] for e in _events(run_dir, "val"))
-    sets = load_candidate_sets(dataset, "val")
+    sets = DatasetDir(dataset).candidates("val")
     assert retrieval_accuracy(embs, sets, objective, seed=config.seed) == best
     again = embed_split(load_run(run_dir, "best").model, SplitArrays(dataset, "val"), "cpu", 7)
-    for a, b in zip(embs, again, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    for modality in ("ecg", "labs", "cxr"):
+        a, b = getattr(embs, modality), getattr(again, modality)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.slow
@@ -287,12 +285,32 @@ def test_cli_trains_and_refuses_to_overwrite_a_run(dataset: Path, tmp_path: Path
     run_dir = tmp_path / "run"
     args = ["train", "--data", str(dataset), "--out", str(run_dir), "--config", str(config)]
     assert main([*args, "--no-progress", "--projection", "layernorm"]) == 0
-    recorded = json.loads((run_dir / "config.json").read_text())
+    recorded = json.loads(RunDir(run_dir).config_path.read_text())
     assert recorded["model"]["projection"] == "layernorm"
     assert recorded["data"] == str(dataset)
-    assert set(load_checkpoint(run_dir / "checkpoints" / "last.pt")) >= {
+    assert set(load_checkpoint(RunDir(run_dir).last_checkpoint)) >= {
         "model", "optimizer", "scheduler", "scaler", "rng", "progress"
     }  # fmt: skip
     assert main([*args, "--no-progress"]) == 1  # exists, no --resume
     with pytest.raises(RunExistsError):
         train(TrainConfig(), dataset, run_dir)
+
+
+def test_a_relative_data_path_is_recorded_absolute_and_resume_finds_it(
+    dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = write_tiny_config(tmp_path / "c.toml", max_steps=2)
+    run_dir = tmp_path / "run"
+    monkeypatch.chdir(dataset.parent)
+    args = ["train", "--data", dataset.name, "--out", str(run_dir), "--config", str(config)]
+    assert main([*args, "--no-progress"]) == 0
+    assert RunDir(run_dir).recorded_dataset() == DatasetDir(dataset)
+    assert json.loads(RunDir(run_dir).config_path.read_text())["data"] == str(dataset)
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    resume = ["train", "--out", str(run_dir), "--resume", "--no-progress"]
+    assert main(resume) == 0  # the run's own config and dataset, found through RunDir
+    assert main([*resume, "--lr", "0.1"]) == 2  # --resume takes no other flags
+    assert main(["train", "--out", str(tmp_path / "new"), "--no-progress"]) == 2  # no --data

@@ -14,7 +14,7 @@ import torch
 from models import build_model
 from symile_clinical.checkpoint import load_checkpoint
 from symile_clinical.config import load_config
-from symile_clinical.runs import load_run
+from symile_clinical.runs import RunDir, load_run
 from symile_clinical.train import train
 from tests._dataset_factory import write_dataset, write_tiny_config
 
@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _train_events(run_dir: Path) -> list[dict]:
-    records = map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+    records = map(json.loads, RunDir(run_dir).metrics_log.read_text().splitlines())
     return [r for r in records if r["event"] == "train"]
 
 
@@ -48,8 +48,8 @@ def test_two_gloo_processes_match_one_process(negatives: str, tmp_path: Path) ->
     )
     assert result.returncode == 0, result.stderr[-3000:]
 
-    one = load_checkpoint(single / "checkpoints" / "last.pt")
-    two = load_checkpoint(double / "checkpoints" / "last.pt")
+    one = load_checkpoint(RunDir(single).last_checkpoint)
+    two = load_checkpoint(RunDir(double).last_checkpoint)
     assert one["progress"]["step"] == two["progress"]["step"] == 3
     # Every step's global loss and gradient norm (before clipping) agree to rounding...
     logged = [_train_events(run) for run in (single, double)]

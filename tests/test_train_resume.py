@@ -22,7 +22,7 @@ from symile_clinical.checkpoint import (
     save_checkpoint,
 )
 from symile_clinical.config import ConfigError, load_config
-from symile_clinical.runs import load_run
+from symile_clinical.runs import RunDir, load_run
 from symile_clinical.train import train
 from tests._dataset_factory import write_dataset, write_tiny_config
 
@@ -81,18 +81,18 @@ def test_killed_and_resumed_run_ends_bit_identical(dataset: Path, tmp_path: Path
         [*command, "--stop-after-steps", "5"], cwd=REPO, env=env, capture_output=True, text=True
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    assert load_checkpoint(broken / "checkpoints" / "last.pt")["progress"]["step"] == 4
+    assert load_checkpoint(RunDir(broken).last_checkpoint)["progress"]["step"] == 4
     train(config, dataset, broken, resume=True, progress=False)
 
-    final_whole = load_checkpoint(whole / "checkpoints" / "last.pt")
-    final_resumed = load_checkpoint(broken / "checkpoints" / "last.pt")
+    final_whole = load_checkpoint(RunDir(whole).last_checkpoint)
+    final_resumed = load_checkpoint(RunDir(broken).last_checkpoint)
     assert final_whole["progress"]["step"] == 6
     for part in ("model", "optimizer", "scheduler", "rng", "progress"):
         _assert_same_tensors(final_whole[part], final_resumed[part], part)
     # The log holds each step once: the killed run's step 5 was replaced by the resumed one.
     steps = [
         record["step"]
-        for record in map(json.loads, (broken / "metrics.jsonl").read_text().splitlines())
+        for record in map(json.loads, RunDir(broken).metrics_log.read_text().splitlines())
         if record["event"] == "train"
     ]
     assert steps == [1, 2, 3, 4, 5, 6]
@@ -139,7 +139,7 @@ def test_resume_falls_back_to_the_previous_checkpoint(
     config = load_config(write_tiny_config(tmp_path / "c.toml", epochs=2, max_steps=4))
     run_dir = tmp_path / "run"
     train(config, dataset, run_dir, progress=False)
-    last = run_dir / "checkpoints" / "last.pt"
+    last = RunDir(run_dir).last_checkpoint
     last.write_bytes(last.read_bytes()[:1000])
     assert load_checkpoint(previous_path(last))["progress"]["step"] == 3  # epoch 0's end
     with caplog.at_level(logging.ERROR, logger="symile_clinical.train"):
@@ -163,9 +163,10 @@ def test_load_run_refuses_weights_that_do_not_fit_the_config(dataset: Path, tmp_
     train(config, dataset, run_dir, progress=False)
     loaded = load_run(run_dir)
     assert loaded.checkpoint_path.name == "best.pt" and len(loaded.checkpoint_sha256) == 64
-    recorded = json.loads((run_dir / "config.json").read_text())
+    config_path = RunDir(run_dir).config_path
+    recorded = json.loads(config_path.read_text())
     recorded["model"]["embed_dim"] = 8
-    (run_dir / "config.json").write_text(json.dumps(recorded))
+    config_path.write_text(json.dumps(recorded))
     with pytest.raises(CheckpointError, match="do not fit"):
         load_run(run_dir)
     with pytest.raises(ConfigError, match=r"config\.json"):

@@ -8,7 +8,8 @@ import numpy as np
 import streamlit as st
 
 from app import views
-from app.queries import Query, embed_query, labs_table
+from app.queries import Query, labs_table
+from symile_clinical.embedding import embed_query
 
 PAPER_POOL = "The paper's candidates"
 WHOLE_INDEX = "The whole index"
@@ -22,7 +23,10 @@ def admission_embeddings(
     cached, so paging or changing the pool does not run the model again."""
     context = views.cached_context(run_dir, stamp)
     query = admission_query(run_dir, row)
-    return {c.label: embed_query(c.run.model, query) for c in [context, *context.comparisons]}
+    return {
+        c.label: embed_query(c.run.model, query.ecg, query.labs, query.observed)
+        for c in [context, *context.comparisons]
+    }
 
 
 def admission_query(run_dir: str, row: int) -> Query:
@@ -89,6 +93,6 @@ views.show_lab_effects(context, query, ranking, key="admission")
 ecg_tab, labs_tab = st.tabs(["12-lead ECG", "Labs"])
 with ecg_tab:
     signal, unit = views.admission_ecg(context, row)
-    views.show_ecg(signal, context.dataset["ecg"]["sampling_hz"], unit)
+    views.show_ecg(signal, context.ecg_info["sampling_hz"], unit)
 with labs_tab:
     st.dataframe(labs_table(context.labs_spec, query.labs, query.observed), hide_index=True)

@@ -73,7 +73,7 @@ if not ecg_uploads:
     st.stop()
 files = tuple((f.name, f.getvalue()) for f in ecg_uploads)
 try:
-    ecg = parse_ecg(files, context.dataset["ecg"]["normalisation"])
+    ecg = parse_ecg(files, context.ecg_info["normalisation"])
 except UploadError as error:
     st.error(f"ECG refused: {error.name}: {error.reason}")
     st.stop()
@@ -93,7 +93,7 @@ views.show_lab_effects(context, query, ranking, key="upload")
 
 ecg_tab, labs_tab = st.tabs(["12-lead ECG", "Labs"])
 with ecg_tab:
-    views.show_ecg(ecg.millivolts, context.dataset["ecg"]["sampling_hz"], "mV")
+    views.show_ecg(ecg.millivolts, context.ecg_info["sampling_hz"], "mV")
 with labs_tab:
     st.dataframe(
         labs_table(context.labs_spec, percentiles, observed, values=np.nan_to_num(raw)),

@@ -1,4 +1,4 @@
-"""The run's evaluation report (RUN/report/report.md and its plots)."""
+"""The run's evaluation report (symile_clinical.report's Markdown and its plots)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ IMAGE = re.compile(r"!\[(?P<alt>[^\]]*)\]\((?P<src>[^)\s]+)\)")
 
 context = views.current_context()
 st.title("Evaluation report")
-report_dir = context.run.run_dir / "report"
-report = report_dir / "report.md"
+report_dir = context.run.run.report_dir
+report = context.run.run.report_markdown
 if not report.is_file():
     st.info(
         f"No evaluation report in {report_dir}: run "

@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from preprocessing.errors import SynthError
     from preprocessing.synth.config import SynthConfig, SynthSummary
-    from preprocessing.synth.generate import SynthError, generate_cohort
+    from preprocessing.synth.generate import generate_cohort
 
 __all__ = ["SynthConfig", "SynthError", "SynthSummary", "generate_cohort"]
 
@@ -20,8 +21,12 @@ def __getattr__(name: str) -> Any:
         from preprocessing.synth import config
 
         return getattr(config, name)
-    if name in ("SynthError", "generate_cohort"):
-        from preprocessing.synth import generate
+    if name == "SynthError":
+        from preprocessing.errors import SynthError
 
-        return getattr(generate, name)
+        return SynthError
+    if name == "generate_cohort":
+        from preprocessing.synth.generate import generate_cohort
+
+        return generate_cohort
     raise AttributeError(f"module 'preprocessing.synth' has no attribute {name!r}")

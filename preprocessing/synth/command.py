@@ -52,29 +52,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Build a SynthConfig from the arguments and generate the cohort; exit status."""
+    """Build a SynthConfig from the arguments and generate the cohort; exit status 0.
+
+    A bad option value raises InvalidSettings (exit 2), a foreign --out SynthError (exit 1);
+    the CLI reports either.
+    """
     import logging
     from pathlib import Path
 
     from preprocessing.synth.config import SynthConfig
-    from preprocessing.synth.generate import SynthError, generate_cohort
+    from preprocessing.synth.generate import generate_cohort
 
     log = logging.getLogger(__name__)
-    try:
-        config = SynthConfig(
-            out=Path(args.out),
-            admissions=args.admissions,
-            seed=args.seed,
-            joint_fraction=args.joint_fraction,
-            corrupt_fraction=args.corrupt_fraction,
-            workers=args.workers,
-            cxr_max_size=args.cxr_max_size,
-            progress=not args.no_progress,
-        )
-        summary = generate_cohort(config)
-    except (ValueError, SynthError) as error:
-        log.error("synth: %s", error)
-        return 2
+    config = SynthConfig(
+        out=Path(args.out),
+        admissions=args.admissions,
+        seed=args.seed,
+        joint_fraction=args.joint_fraction,
+        corrupt_fraction=args.corrupt_fraction,
+        workers=args.workers,
+        cxr_max_size=args.cxr_max_size,
+        progress=not args.no_progress,
+    )
+    summary = generate_cohort(config)
     log.info(
         "synth: wrote %d admissions of %d patients (%d ECGs, %d CXR images, %d lab events, "
         "%d corrupted files) to %s in %.1f s",

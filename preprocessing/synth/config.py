@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from preprocessing.errors import InvalidSettings
+
 
 @dataclass(frozen=True)
 class SynthConfig:
@@ -21,15 +23,21 @@ class SynthConfig:
 
     def __post_init__(self) -> None:
         if self.admissions < 1:
-            raise ValueError(f"admissions must be >= 1, got {self.admissions}")
+            raise InvalidSettings("--admissions", f"must be >= 1, got {self.admissions}")
         if not 0.0 <= self.joint_fraction <= 1.0:
-            raise ValueError(f"joint_fraction must be in [0, 1], got {self.joint_fraction}")
+            raise InvalidSettings(
+                "--joint-fraction", f"must be in [0, 1], got {self.joint_fraction}"
+            )
         if not 0.0 <= self.corrupt_fraction <= 1.0:
-            raise ValueError(f"corrupt_fraction must be in [0, 1], got {self.corrupt_fraction}")
+            raise InvalidSettings(
+                "--corrupt-fraction", f"must be in [0, 1], got {self.corrupt_fraction}"
+            )
         if self.workers < 1:
-            raise ValueError(f"workers must be >= 1, got {self.workers}")
+            raise InvalidSettings("--workers", f"must be >= 1, got {self.workers}")
         if self.cxr_max_size is not None and self.cxr_max_size < 32:
-            raise ValueError(f"cxr_max_size must be >= 32 pixels, got {self.cxr_max_size}")
+            raise InvalidSettings(
+                "--cxr-max-size", f"must be >= 32 pixels, got {self.cxr_max_size}"
+            )
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,11 @@ file relative to DIR).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
+
+from symile_clinical.atomic import write_text_atomic
 
 ECG_TRUNCATED = "ecg_truncated_dat"
 ECG_HEADER_MISMATCH = "ecg_header_mismatch"
@@ -45,7 +46,5 @@ def mismatch_header(hea_path: Path) -> str:
     comments = [line for line in lines[1:] if line.startswith("#")]
     signals = [line for line in lines[1:] if not line.startswith("#")][:8]
     text = "\n".join([" ".join(fields), *signals, *comments]) + "\n"
-    tmp = hea_path.with_suffix(".hea.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, hea_path)
+    write_text_atomic(hea_path, text)
     return f"header declares 8 signals x {fields[3]} samples; the .dat holds {n_sig} x {sig_len}"

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -26,6 +24,8 @@ from pydicom.uid import (
     JPEG2000Lossless,
     RLELossless,
 )
+
+from symile_clinical.atomic import atomic_path
 
 CR_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.1")
 DX_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.1.1")
@@ -84,7 +84,9 @@ def deterministic_uid(*parts: object) -> UID:
     return UID(f"2.25.{int.from_bytes(digest, 'big')}")
 
 
-def stored_pixels(image01: np.ndarray, encoding: DicomEncoding, rng: np.random.Generator):
+def stored_pixels(
+    image01: np.ndarray, encoding: DicomEncoding, rng: np.random.Generator
+) -> np.ndarray:
     """uint16 [rows, cols] stored values for an image in [0, 1] (1 = dense)."""
     top = (1 << encoding.bits_stored) - 1
     span = rng.uniform(0.75, 0.95) * top
@@ -125,20 +127,12 @@ def build_image_dataset(
     pixel_spacing_mm: float,
 ) -> Dataset:
     """A CR/DX image dataset (file meta included) holding ``pixels`` (uint16 stored values)."""
-    ds = Dataset()
     sop_class = CR_IMAGE_STORAGE if encoding.modality == "CR" else DX_IMAGE_STORAGE
-    sop_uid = deterministic_uid("sop", dicom_id)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta = meta
+    ds = _new_dataset(sop_class, dicom_id)
     date = study.study_time.strftime("%Y%m%d")
     time = study.study_time.strftime("%H%M%S.%f")[:10]
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
-    ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = sop_uid
     ds.StudyDate = ds.SeriesDate = ds.ContentDate = date
     ds.StudyTime = ds.SeriesTime = ds.ContentTime = time
     ds.AccessionNumber = ""
@@ -196,17 +190,23 @@ def build_image_dataset(
     return ds
 
 
-def build_report_dataset(study: StudyInfo, dicom_id: str) -> Dataset:
-    """A non-image DICOM (Basic Text SR) carrying the study's identifiers and no pixels."""
+def _new_dataset(sop_class: UID, dicom_id: str) -> Dataset:
+    """An empty dataset of one SOP class with its file meta (explicit VR little endian)."""
     ds = Dataset()
     sop_uid = deterministic_uid("sop", dicom_id)
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = BASIC_TEXT_SR_STORAGE
+    meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = sop_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta = meta
-    ds.SOPClassUID = BASIC_TEXT_SR_STORAGE
+    ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = sop_uid
+    return ds
+
+
+def build_report_dataset(study: StudyInfo, dicom_id: str) -> Dataset:
+    """A non-image DICOM (Basic Text SR) carrying the study's identifiers and no pixels."""
+    ds = _new_dataset(BASIC_TEXT_SR_STORAGE, dicom_id)
     ds.Modality = "SR"
     ds.StudyDate = study.study_time.strftime("%Y%m%d")
     ds.StudyTime = study.study_time.strftime("%H%M%S")
@@ -221,12 +221,5 @@ def build_report_dataset(study: StudyInfo, dicom_id: str) -> Dataset:
 
 def save_dataset(ds: Dataset, path: Path) -> None:
     """Write a DICOM file (128-byte preamble, DICM, file meta) atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".dcm", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         ds.save_as(tmp, enforce_file_format=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

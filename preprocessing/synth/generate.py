@@ -8,7 +8,6 @@ for a given config whatever the worker count.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -22,6 +21,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from preprocessing import layout
+from preprocessing.errors import SynthError
 from preprocessing.lab_catalog import LAB_ITEMS
 from preprocessing.synth import corrupt
 from preprocessing.synth.config import SynthConfig, SynthSummary
@@ -37,7 +37,8 @@ from preprocessing.synth.patient_records import (
     simulate_patients,
 )
 from preprocessing.synth.state import N_MARKERS, joint_marker_count
-from preprocessing.synth.tables import atomic_binary, csv_table, write_table
+from preprocessing.synth.tables import csv_table, write_table
+from symile_clinical.atomic import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -47,15 +48,6 @@ TRUTH_FILE = "synth_truth.csv.gz"
 CORRUPTED_FILE = "CORRUPTED.csv"
 PATIENTS_PER_TASK = 16
 ADMISSIONS_PER_PATIENT_P = (0.7, 0.18, 0.08, 0.04)  # 1, 2, 3, 4 admissions
-
-
-class SynthError(RuntimeError):
-    """The generator refused or failed; carries the path and the reason."""
-
-    def __init__(self, path: Path, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = path
-        self.reason = reason
 
 
 def plan_cohort(admissions: int, seed: int) -> list[PatientPlan]:
@@ -193,8 +185,7 @@ def generate_cohort(config: SynthConfig) -> SynthSummary:
         "information_structure": _information_structure(joint),
     }
     # Written last and atomically: its presence means the cohort is complete.
-    with atomic_binary(out / MARKER_FILE) as fh:
-        fh.write((json.dumps(marker, indent=2) + "\n").encode())
+    write_json_atomic(out / MARKER_FILE, marker)
     (out / IN_PROGRESS_FILE).unlink(missing_ok=True)
     logger.info("synth: done in %.1f s: %s", summary.seconds, marker["counts"])
     return summary

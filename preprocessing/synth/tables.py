@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,19 +10,7 @@ from typing import BinaryIO
 
 import pandas as pd
 
-
-@contextmanager
-def atomic_binary(path: Path) -> Iterator[BinaryIO]:
-    """Open a temporary file beside `path` for writing; rename it over `path` on success."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            yield fh
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from symile_clinical.atomic import atomic_path
 
 
 class CsvWriter:
@@ -56,7 +42,7 @@ class CsvWriter:
 @contextmanager
 def csv_table(path: Path, columns: Sequence[str]) -> Iterator[CsvWriter]:
     """Stream a table to `path` atomically; gzip when the name ends in .gz."""
-    with atomic_binary(path) as fh:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         writer = CsvWriter(fh, columns, gz=path.name.endswith(".gz"))
         yield writer
         writer.close()

@@ -8,8 +8,6 @@ admissions past a minute. The bytes are the same as wfdb.wrsamp's for these reco
 
 from __future__ import annotations
 
-import os
-import shutil
 import tempfile
 from datetime import datetime
 from pathlib import Path
@@ -18,6 +16,7 @@ import numpy as np
 
 from preprocessing.layout import ECG_SAMPLES, ECG_SAMPLING_HZ, MIMIC_ECG_LEADS, ecg_record_path
 from preprocessing.synth.ecg_waveform import ECG_GAIN_PER_MV, to_digital
+from symile_clinical.atomic import write_bytes_atomic, write_text_atomic
 
 
 def header_text(study_id: int, subject_id: int, ecg_time: datetime, digital: np.ndarray) -> str:
@@ -38,17 +37,6 @@ def header_text(study_id: int, subject_id: int, ecg_time: datetime, digital: np.
     return "\n".join(lines) + "\n"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_ecg_record(
     ecg_root: Path, subject_id: int, study_id: int, ecg_time: datetime, signal_mv: np.ndarray
 ) -> str:
@@ -65,10 +53,9 @@ def write_ecg_record(
     final_dir.mkdir(parents=True, exist_ok=True)
     digital = to_digital(signal_mv)
     # Signal first, header last: a record whose header exists is complete.
-    _atomic_write(final_dir / f"{study_id}.dat", digital.astype("<i2").tobytes())
-    _atomic_write(
-        final_dir / f"{study_id}.hea",
-        header_text(study_id, subject_id, ecg_time, digital).encode(),
+    write_bytes_atomic(final_dir / f"{study_id}.dat", digital.astype("<i2").tobytes())
+    write_text_atomic(
+        final_dir / f"{study_id}.hea", header_text(study_id, subject_id, ecg_time, digital)
     )
     return rel
 
@@ -80,9 +67,7 @@ def write_ecg_record_with_wfdb(
     import wfdb
 
     n_leads = len(MIMIC_ECG_LEADS)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out_dir))
-    try:
+    with tempfile.TemporaryDirectory(prefix="wfdb-") as scratch:
         wfdb.wrsamp(
             str(study_id),
             fs=ECG_SAMPLING_HZ,
@@ -95,9 +80,8 @@ def write_ecg_record_with_wfdb(
             comments=[f"<subject_id>: {subject_id}"],
             base_time=ecg_time.time(),
             base_date=ecg_time.date(),
-            write_dir=str(tmp_dir),
+            write_dir=scratch,
         )
         for suffix in (".dat", ".hea"):
-            os.replace(tmp_dir / f"{study_id}{suffix}", out_dir / f"{study_id}{suffix}")
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+            name = f"{study_id}{suffix}"
+            write_bytes_atomic(out_dir / name, (Path(scratch) / name).read_bytes())

@@ -55,15 +55,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Evaluate and write the report; 0 on success, 1 when the inputs are refused."""
-    from symile_clinical.checkpoint import CheckpointError
-    from symile_clinical.config import ConfigError
-    from symile_clinical.data import DatasetError
-    from symile_clinical.evaluate import EvaluateConfig, EvaluationError, evaluate
+    """Evaluate and write the report; the CLI turns a refused input into exit status 1."""
+    from symile_clinical.errors import UsageError
+    from symile_clinical.evaluate import EvaluateConfig, evaluate
 
     if args.bootstrap < 2:
-        log.error("evaluate: --bootstrap must be at least 2")
-        return 2
+        raise UsageError("--bootstrap", "must be at least 2")
     config = EvaluateConfig(
         run_dir=args.run_dir,
         data_dir=args.data,
@@ -78,10 +75,6 @@ def run(args: argparse.Namespace) -> int:
         n_examples=args.examples,
         out_dir=args.out,
     )
-    try:
-        result = evaluate(config)
-    except (CheckpointError, ConfigError, DatasetError, EvaluationError) as error:
-        log.error("evaluate: %s", error)
-        return 1
+    result = evaluate(config)
     log.info("wrote %s", ", ".join(str(p) for p in result.files.values()))
     return 0

@@ -48,11 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Build (or keep) the index; exit status 0 on success, 1 on a refused input."""
-    from symile_clinical.checkpoint import CheckpointError
-    from symile_clinical.config import ConfigError
-    from symile_clinical.data import DatasetError
-    from symile_clinical.index import CandidateIndexError, IndexConfig, ensure_index
+    """Build (or keep) the index; the CLI turns a refused input into exit status 1."""
+    from symile_clinical.index import IndexConfig, ensure_index
     from symile_clinical.runs import load_run
 
     config = IndexConfig(
@@ -64,12 +61,8 @@ def run(args: argparse.Namespace) -> int:
         thumbnail_size=args.thumbnail_size,
         force=args.force,
     )
-    try:
-        loaded = load_run(config.run_dir, checkpoint=config.checkpoint)
-        index, rebuilt = ensure_index(loaded, config)
-    except (CandidateIndexError, CheckpointError, ConfigError, DatasetError) as error:
-        log.error("index: %s", error)
-        return 1
+    loaded = load_run(config.run_dir, checkpoint=config.checkpoint)
+    index, rebuilt = ensure_index(loaded, config)
     log.info(
         "%s %s: %d candidates, d=%d, checkpoint %s",
         "built" if rebuilt else "current",
@@ -79,10 +72,9 @@ def run(args: argparse.Namespace) -> int:
         index.info["checkpoint_sha256"][:12],
     )
     if args.faiss_check:
-        from symile_clinical.index import faiss_recall, run_dataset_dir, split_query_vectors
+        from symile_clinical.index import faiss_recall, split_query_vectors
 
-        data_dir = config.data_dir or run_dataset_dir(loaded)
-        queries = split_query_vectors(loaded, data_dir, config.split)
+        queries = split_query_vectors(loaded, loaded.run.dataset(config.data_dir), config.split)
         measured = faiss_recall(index.embeddings, queries, args.faiss_check)
         log.info(
             "faiss %s: recall@%d %.3f against exact over %d queries; %.3f ms/query "

@@ -50,9 +50,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the experiment and print the table; exit status 0, or 2 on a bad option."""
+    """Run the experiment and log the table; a bad option value is a UsageError (exit 2)."""
     from dataclasses import replace
 
+    from symile_clinical.errors import UsageError
     from symile_clinical.xor_experiment import (
         RESULTS_MD,
         XorConfig,
@@ -85,9 +86,8 @@ def run(args: argparse.Namespace) -> int:
             if value is not None
         }
         config = replace(config, **overrides)
-    except ValueError as error:
-        log.error("reproduce-xor: %s", error)
-        return 2
+    except ValueError as error:  # XorConfig checks its own fields
+        raise UsageError("reproduce-xor", str(error)) from error
     rows = run_xor_experiment(config)
     log.info("results in %s:\n%s", args.out / RESULTS_MD, results_table_markdown(rows))
     return 0

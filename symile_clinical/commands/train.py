@@ -42,13 +42,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="train Symile (or pairwise CLIP) on a preprocessed dataset into a run directory",
         description=(
-            "Train the ECG + labs + CXR model. Writes RUN/config.json, "
-            "RUN/checkpoints/{last,best}.pt and RUN/metrics.jsonl. For several GPUs or "
+            "Train the ECG + labs + CXR model. Writes the run directory (docs/formats.md): "
+            "its config (with the dataset's absolute path), the last and best checkpoints "
+            "and the metrics log. For several GPUs or "
             "nodes run the same command under torchrun: "
             "`torchrun --nproc_per_node N -m symile_clinical train ...`."
         ),
     )
-    parser.add_argument("--data", type=Path, help="dataset directory (from `preprocess`)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        help="dataset directory (from `preprocess`); on --resume, default: the run's own",
+    )
     parser.add_argument("--out", type=Path, required=True, help="run directory to write")
     parser.add_argument(
         "--config", default="demo", help="preset (demo, paper) or a TOML file (default: demo)"
@@ -101,41 +106,35 @@ def _overrides(args: argparse.Namespace, names: dict[str, str]) -> dict[str, obj
 
 def run(args: argparse.Namespace) -> int:
     """Build the TrainConfig (preset/TOML + flags, or the run's own on --resume) and train."""
-    from symile_clinical.checkpoint import CheckpointError
-    from symile_clinical.config import ConfigError, config_from_dict, load_config
-    from symile_clinical.data import DatasetError
-    from symile_clinical.runs import CONFIG_FILE, read_run_config
-    from symile_clinical.train import RunExistsError, train
+    from symile_clinical.config import config_from_dict, load_config
+    from symile_clinical.errors import UsageError
+    from symile_clinical.runs import RunDir
+    from symile_clinical.train import train
 
     overrides = _overrides(args, TRAIN_OVERRIDES)
     model_overrides = _overrides(args, MODEL_OVERRIDES)
-    try:
-        if args.resume and (args.out / CONFIG_FILE).exists():
-            if overrides or model_overrides:
-                log.error("--resume continues RUN with its own config.json; drop the other flags")
-                return 2
-            config, recorded_data = read_run_config(args.out)
-            data = args.data or recorded_data
-        else:
-            base = load_config(args.config)
-            config = config_from_dict(
-                {**overrides, "model": model_overrides}, source="command line", base=base
-            )
-            data = args.data
-        if data is None:
-            log.error("--data is required")
-            return 2
-        result = train(
-            config,
-            data,
-            args.out,
-            resume=args.resume,
-            progress=not args.no_progress,
-            stop_after_steps=args.stop_after_steps,
+    run_dir = RunDir(args.out)
+    if args.resume and run_dir.has_config():
+        if overrides or model_overrides:
+            raise UsageError("--resume", "continues RUN with its own config; drop the other flags")
+        config = run_dir.read_config()
+        data = args.data or run_dir.recorded_dataset()
+    else:
+        base = load_config(args.config)
+        config = config_from_dict(
+            {**overrides, "model": model_overrides}, source="command line", base=base
         )
-    except (CheckpointError, ConfigError, DatasetError, RunExistsError) as error:
-        log.error("train: %s", error)
-        return 1
+        data = args.data
+    if data is None:
+        raise UsageError("--data", "is required")
+    result = train(
+        config,
+        data,
+        run_dir,
+        resume=args.resume,
+        progress=not args.no_progress,
+        stop_after_steps=args.stop_after_steps,
+    )
     best = f"{result.best_val_acc:.3f}" if result.best_val_acc is not None else "n/a"
     log.info(
         "trained %d steps (%d epochs%s); best val top-1 %s at epoch %s; run in %s",
