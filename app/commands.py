@@ -6,6 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
+from symile_clinical.cli import int_at_least
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8501
 
@@ -65,7 +67,9 @@ def register_demo(subparsers: argparse._SubParsersAction) -> None:
         help="share of CXR findings carried only by ECG and labs jointly (see `synth`)",
     )
     parser.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 1))
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    parser.add_argument(
+        "--bootstrap", type=int_at_least(2), default=1000, help="bootstrap resamples (>= 2)"
+    )
     parser.add_argument("--no-serve", action="store_true", help="stop before serving the app")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_serve_options(parser)
@@ -124,11 +128,8 @@ def run_demo_command(args: argparse.Namespace) -> int:
     import logging
 
     from app.demo import DemoConfig, run_demo
-    from symile_clinical.errors import UsageError
     from symile_clinical.runs import RunDir
 
-    if args.bootstrap < 2:
-        raise UsageError("--bootstrap", "must be at least 2")
     config = DemoConfig(
         out=args.out,
         admissions=args.admissions,

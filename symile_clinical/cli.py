@@ -39,6 +39,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse `type`: an integer >= minimum, else a usage error (exit 2) naming it."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from error
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 def _register_unavailable(
     subparsers: argparse._SubParsersAction, name: str, error: Exception
 ) -> None:

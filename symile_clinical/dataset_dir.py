@@ -15,7 +15,6 @@ batch conversion to tensors imports torch only when it is called.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from symile_clinical.errors import SymileClinicalError
+from symile_clinical.format_dir import FormatDir
 
 if TYPE_CHECKING:
     import torch
@@ -152,7 +152,7 @@ class CandidateSets:
         return int(self.candidate_rows.shape[1])
 
 
-class DatasetDir:
+class DatasetDir(FormatDir):
     """A preprocessed dataset directory: its file names, dataset.json, splits and tables.
 
     `path` is absolute. Reading is lazy: nothing is opened until it is asked for, and
@@ -164,18 +164,6 @@ class DatasetDir:
     CANDIDATES = "candidates.parquet"
     REPORT = "preprocess_report.json"
     QUARANTINE = "quarantine.csv"
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path).absolute()
-
-    def __repr__(self) -> str:
-        return f"DatasetDir({str(self.path)!r})"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, DatasetDir) and self.path.resolve() == other.path.resolve()
-
-    def __hash__(self) -> int:
-        return hash(self.path.resolve())
 
     # ------------------------------------------------------------------ file names
     @property

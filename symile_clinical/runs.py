@@ -28,6 +28,7 @@ from symile_clinical.checkpoint import CheckpointError, file_sha256, load_checkp
 from symile_clinical.config import ConfigError, TrainConfig, config_from_dict, config_to_dict
 from symile_clinical.dataset_dir import DatasetDir
 from symile_clinical.errors import SymileClinicalError
+from symile_clinical.format_dir import FormatDir
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class LoadedRun:
         return self.run.path
 
 
-class RunDir:
+class RunDir(FormatDir):
     """A training run directory: its file names, config, checkpoints, dataset, comparisons.
 
     `path` is absolute, so a RunDir keeps meaning the same folder whatever the working
@@ -67,23 +68,6 @@ class RunDir:
     INDEX = "index"
     REPORT = "report"
     COMPARE = "compare.json"
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path).absolute()
-
-    def __repr__(self) -> str:
-        return f"RunDir({str(self.path)!r})"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, RunDir) and self.path.resolve() == other.path.resolve()
-
-    def __hash__(self) -> int:
-        return hash(self.path.resolve())
-
-    @property
-    def name(self) -> str:
-        """The folder's name (how reports and the app label a run)."""
-        return self.path.resolve().name or str(self.path)
 
     # ------------------------------------------------------------------ file names
     @property

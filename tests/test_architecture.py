@@ -1,8 +1,8 @@
 """Dependencies point one way (DESIGN.md): app -> symile_clinical, models, preprocessing.
 
-preprocessing may use exactly three torch-free homes of symile_clinical (the error base, the
-atomic writes, the dataset directory it writes); evaluation, the index and the app never
-import the trainer.
+preprocessing may use exactly four torch-free homes of symile_clinical (the error base, the
+atomic writes, the dataset directory it writes and its folder base); evaluation, the index
+and the app never import the trainer.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ PREPROCESSING_MAY_USE = {
     "symile_clinical.errors",
     "symile_clinical.atomic",
     "symile_clinical.dataset_dir",
+    "symile_clinical.format_dir",
 }
 # Modules that must not import symile_clinical.train (its training loop and optimiser):
 # evaluation, the index and the served app. app/demo.py orchestrates the demo's training

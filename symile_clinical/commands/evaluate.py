@@ -6,6 +6,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from symile_clinical.cli import int_at_least
+
 log = logging.getLogger(__name__)
 
 
@@ -42,7 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="RUN2",
         help="other run directories, evaluated on the same data and compared pairwise",
     )
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    parser.add_argument(
+        "--bootstrap", type=int_at_least(2), default=1000, help="bootstrap resamples (>= 2)"
+    )
     parser.add_argument("--checkpoint", default="best", help="best | last | a file path")
     parser.add_argument("--split", default="test", choices=("val", "test"))
     parser.add_argument("--seed", type=int, default=0, help="ties, bootstrap and examples")
@@ -56,11 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate and write the report; the CLI turns a refused input into exit status 1."""
-    from symile_clinical.errors import UsageError
     from symile_clinical.evaluate import EvaluateConfig, evaluate
 
-    if args.bootstrap < 2:
-        raise UsageError("--bootstrap", "must be at least 2")
     config = EvaluateConfig(
         run_dir=args.run_dir,
         data_dir=args.data,
