@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from symile_clinical.cli import int_at_least
@@ -19,6 +20,17 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
         help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it)",
     )
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default 8501)")
+    parser.add_argument(
+        "--allow-host",
+        dest="allow_hosts",
+        metavar="NAME",
+        action="append",
+        default=[],
+        help=(
+            "a host name the app answers to besides localhost and --host (repeatable; "
+            "'*.example.org' for its subdomains): requests naming any other Host are refused"
+        ),
+    )
 
 
 def register_app(subparsers: argparse._SubParsersAction) -> None:
@@ -30,7 +42,8 @@ def register_app(subparsers: argparse._SubParsersAction) -> None:
             "Serve the Streamlit app for RUN: query by test admission or by an uploaded WFDB "
             "ECG and labs CSV, see the ranked candidate CXRs, what drives each match, Symile "
             "vs CLIP when RUN/compare.json names a comparison run, and the evaluation report. "
-            "The candidate index is built (or rebuilt when stale) on first use."
+            "The model, candidate index (built, or rebuilt when stale) and thumbnails are "
+            "loaded when the server starts, before it accepts connections."
         ),
     )
     parser.add_argument(
@@ -76,15 +89,26 @@ def register_demo(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run_demo_command)
 
 
-def serve(run_dir: Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> int:
+def serve(
+    run_dir: Path,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    allow_hosts: Sequence[str] = (),
+) -> int:
     """Replace this process with `streamlit run app/streamlit_app.py -- --run RUN`.
 
+    The flags repeat app/.streamlit/config.toml (what a bare `streamlit run` gets) with
+    this command's address and port; server.allowedHosts lists every name the Host check
+    (app.host_guard) lets through, so Streamlit's own websocket check agrees with it.
     exec rather than a child process: Ctrl-C and SIGTERM reach the server itself, and the
     memory of whatever ran before (the demo's training) is given back.
     """
     import sys
 
+    from app.host_guard import allowed_hosts
+
     entry = Path(__file__).resolve().parent / "streamlit_app.py"
+    hosts = [f"--server.allowedHosts={name}" for name in allowed_hosts(host, allow_hosts)]
     command = [
         sys.executable,
         "-m",
@@ -99,6 +123,7 @@ def serve(run_dir: Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> 
         "--client.toolbarMode=viewer",
         # MB; files between the app's own 20 MB limit and this get the app's message.
         "--server.maxUploadSize=25",
+        *hosts,
         "--",
         "--run",
         str(Path(run_dir).resolve()),
@@ -117,7 +142,7 @@ def run_app(args: argparse.Namespace) -> int:
     run = RunDir(args.run_dir)
     if not run.has_config():
         raise RunUnavailableError(run.config_path, "missing: not a training run directory")
-    return serve(args.run_dir, args.host, args.port)
+    return serve(args.run_dir, args.host, args.port, args.allow_hosts)
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
@@ -148,4 +173,4 @@ def run_demo_command(args: argparse.Namespace) -> int:
     )
     if args.no_serve:
         return 0
-    return serve(result.symile_run, args.host, args.port)
+    return serve(result.symile_run, args.host, args.port, args.allow_hosts)

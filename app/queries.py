@@ -89,43 +89,70 @@ def rank_candidates(
     return Ranking(**ranking)
 
 
-def lab_effects(
+@dataclass(frozen=True)
+class MaskedLabQueries:
+    """A query's vector with all its labs, then with each observed lab masked in turn.
+
+    vectors float32 [n + 1, d]: row 0 the full query's vector, row i + 1 the vector with
+    lab observed_idx[i] masked; a candidate's score changes are then one matrix product.
+    """
+
+    observed_idx: np.ndarray  # int64 [n], lab columns observed in the query
+    vectors: np.ndarray  # float32 [n + 1, d]
+
+
+def masked_lab_queries(
     model: Any,
     objective: str,
     query: Query,
+    ecg_emb: np.ndarray | None = None,
+    fill: np.ndarray | None = None,
+) -> MaskedLabQueries:
+    """The query vectors of `query` with each observed lab masked, in one forward pass.
+
+    Masking sets the lab's observed flag to 0 and its percentile to the fill value, exactly
+    as a missing lab is presented in training. `ecg_emb` [d], when the query's ECG
+    embedding is known, spares the ECG encoder (the labs do not change it).
+    """
+    observed_idx = np.flatnonzero(np.asarray(query.observed) > 0)
+    n = len(observed_idx)
+    labs = np.repeat(np.asarray(query.labs, np.float32)[None], n + 1, axis=0)
+    observed = np.repeat(np.asarray(query.observed, np.float32)[None], n + 1, axis=0)
+    variants = np.arange(1, n + 1)
+    if fill is not None:
+        labs[variants, observed_idx] = np.asarray(fill, np.float32)[observed_idx]
+    observed[variants, observed_idx] = 0.0
+    with torch.inference_mode():
+        if ecg_emb is None:
+            ecg = torch.from_numpy(np.array(query.ecg, np.float32))[None]
+            ecg_emb = model.encode_ecg(ecg).float().numpy()[0]
+        labs_emb = model.encode_labs(torch.from_numpy(labs), torch.from_numpy(observed))
+        labs_emb = labs_emb.float().numpy()
+    ecg_rows = np.repeat(np.asarray(ecg_emb, np.float32)[None], n + 1, axis=0)
+    vectors = query_vector(objective, [ecg_rows, labs_emb]).astype(np.float32)
+    return MaskedLabQueries(observed_idx.astype(np.int64), vectors)
+
+
+def lab_effects(
+    masked: MaskedLabQueries,
+    query: Query,
     candidate_embedding: np.ndarray,
-    fill: np.ndarray,
     labels: Sequence[str],
     top: int = 5,
 ) -> pd.DataFrame:
     """How a candidate's score changes when each observed lab is masked (made missing).
 
-    Masking sets the lab's observed flag to 0 and its percentile to the fill value, exactly
-    as a missing lab is presented in training. Columns: lab, percentile, score_change
-    (masked minus full: negative = the lab supported this match); the `top` largest
-    |score_change| first.
+    Columns: lab, percentile, score_change (masked minus full: negative = the lab
+    supported this match); the `top` largest |score_change| first.
     """
-    observed_idx = np.flatnonzero(np.asarray(query.observed) > 0)
     columns = ["lab", "percentile", "score_change"]
-    if len(observed_idx) == 0:
+    if len(masked.observed_idx) == 0:
         return pd.DataFrame(columns=columns)
-    n = len(observed_idx)
-    labs = np.repeat(np.asarray(query.labs, np.float32)[None], n + 1, axis=0)
-    observed = np.repeat(np.asarray(query.observed, np.float32)[None], n + 1, axis=0)
-    variants = np.arange(1, n + 1)
-    labs[variants, observed_idx] = fill[observed_idx]
-    observed[variants, observed_idx] = 0.0
-    with torch.inference_mode():
-        ecg = torch.from_numpy(np.array(query.ecg, np.float32))[None]
-        ecg_emb = model.encode_ecg(ecg).float().numpy()
-        labs_emb = model.encode_labs(torch.from_numpy(labs), torch.from_numpy(observed))
-        labs_emb = labs_emb.float().numpy()
-    queries = query_vector(objective, [np.repeat(ecg_emb, n + 1, axis=0), labs_emb])
-    scores = queries @ np.asarray(candidate_embedding, np.float32)
+    scores = masked.vectors @ np.asarray(candidate_embedding, np.float32)
     table = pd.DataFrame(
         {
-            "lab": [labels[i] for i in observed_idx],
-            "percentile": np.asarray(query.labs)[observed_idx].astype(float),
+            "lab": [labels[i] for i in masked.observed_idx],
+            "percentile": np.asarray(query.labs)[masked.observed_idx].astype(float),
             "score_change": (scores[1:] - scores[0]).astype(float),
         }
     )

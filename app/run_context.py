@@ -8,11 +8,13 @@ through `symile_clinical.index`: this module names none of their files.
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -20,12 +22,19 @@ import pandas as pd
 from app.errors import AppError
 from symile_clinical.dataset_dir import CandidateSets, DatasetDir, DatasetError, SplitArrays
 from symile_clinical.errors import SymileClinicalError
-from symile_clinical.index import CandidateIndex, IndexConfig, ensure_index
+from symile_clinical.index import INDEX_JSON, CandidateIndex, IndexConfig, ensure_index
 from symile_clinical.runs import LoadedRun, RunDir
+
+if TYPE_CHECKING:
+    from app.admissions import Admission, AdmissionCache
 
 log = logging.getLogger(__name__)
 
 RUN_ENV = "SYMILE_CLINICAL_RUN"
+# Thumbnail PNGs are encoded at start-up for indexes up to this size, on demand beyond.
+EAGER_THUMBNAIL_ROWS = 50_000
+# Admissions prepared in the background after start-up (the rest on first visit).
+PREPARED_ADMISSIONS = 5_000
 
 
 class RunUnavailableError(AppError):
@@ -45,6 +54,60 @@ class RunContext:
     candidates: CandidateSets | None  # the paper's candidate sets for that split, if saved
     index_rebuilt: bool = False
     comparisons: list[RunContext] = field(default_factory=list)
+    # Filled by prepare(): what every session reuses.
+    _thumbnail_pngs: list[bytes] | None = field(default=None, repr=False)
+    _query_embeddings: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    _admissions: AdmissionCache | None = field(default=None, repr=False)
+    _lazy_thumbnail: Any = field(default=None, repr=False)
+
+    def prepare(self) -> RunContext:
+        """Compute what sessions share before serving: thumbnail PNGs and the split's
+        query embeddings (batched), for this run and its comparisons; returns self."""
+        from app.admissions import (
+            EAGER_EMBEDDING_ROWS,
+            AdmissionCache,
+            build_admission,
+            embed_split_queries,
+        )
+        from app.figures import thumbnail_png
+
+        self.run.model.eval()
+        if len(self.index) <= EAGER_THUMBNAIL_ROWS:
+            self._thumbnail_pngs = [thumbnail_png(t) for t in self.index.thumbnails]
+        else:
+            thumbnails = self.index.thumbnails
+            self._lazy_thumbnail = functools.lru_cache(maxsize=8192)(
+                lambda position: thumbnail_png(thumbnails[position])
+            )
+        if len(self.arrays) <= EAGER_EMBEDDING_ROWS:
+            self._query_embeddings = embed_split_queries(self, np.arange(len(self.arrays)))
+        self._admissions = AdmissionCache(functools.partial(build_admission, self))
+        for other in self.comparisons:
+            other.prepare()
+        return self
+
+    def thumbnail_png(self, position: int) -> bytes:
+        """PNG bytes of the thumbnail at an index position."""
+        if self._admissions is None:
+            self.prepare()
+        if self._thumbnail_pngs is not None:
+            return self._thumbnail_pngs[position]
+        return self._lazy_thumbnail(position)
+
+    def query_embeddings(self, row: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ecg [d], labs [d]) query embeddings of a split row with this run's model."""
+        if self._query_embeddings is not None:
+            return self._query_embeddings[0][row], self._query_embeddings[1][row]
+        from app.admissions import embed_split_queries
+
+        ecg, labs = embed_split_queries(self, np.array([row]))
+        return ecg[0], labs[0]
+
+    def admission(self, row: int) -> Admission:
+        """What the admission page shows for split row `row`, built once and shared."""
+        if self._admissions is None:
+            self.prepare()
+        return self._admissions.get(row)
 
     @property
     def objective(self) -> str:
@@ -142,4 +205,77 @@ def open_run(
         context.comparisons.append(
             open_run(other, label=other_label, with_comparisons=False, split=split)
         )
+    return context
+
+
+def run_stamp(run_dir: Path | str) -> tuple[int, ...]:
+    """Modification times of the files a loaded run depends on: a new checkpoint, index or
+    comparison list loads the run again instead of serving a stale model."""
+    run = RunDir(run_dir)
+    paths = [run.best_checkpoint, run.last_checkpoint, run.index_dir / INDEX_JSON, run.compare_path]
+    return tuple(p.stat().st_mtime_ns if p.exists() else 0 for p in paths)
+
+
+_served: dict[str, tuple[tuple[int, ...], RunContext]] = {}
+_served_lock = threading.Lock()
+
+
+def served_run(run_dir: Path | str, stamp: tuple[int, ...] | None = None) -> RunContext:
+    """The prepared RunContext of a run, one per server process, shared by every session.
+
+    Loaded on the first call (the server's start-up, `warm_served_run`) and again only when
+    `stamp` (run_stamp) changes; concurrent callers wait for one load rather than each
+    loading the model.
+    """
+    key = str(Path(run_dir).resolve())
+    stamp = run_stamp(key) if stamp is None else stamp
+    with _served_lock:
+        hit = _served.get(key)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        context = open_run(key).prepare()
+        # The index may just have been (re)built: stamp what is there now.
+        _served[key] = (run_stamp(key), context)
+        return context
+
+
+def _prepare_admissions(context: RunContext, rows: range) -> None:
+    """Prepare admissions in a background thread (errors are logged, never raised)."""
+    import time
+
+    try:
+        for row in rows:
+            context.admission(row)
+            time.sleep(0.001)  # yield the GIL to sessions between admissions
+    except Exception:
+        log.exception("preparing admissions in the background stopped")
+
+
+def warm_served_run(run_dir: Path | str) -> RunContext:
+    """Load and prepare a run before the server accepts connections; logs what it took."""
+    import time
+
+    import torch
+
+    # Sessions run queries concurrently in threads: one intra-op thread each keeps 2
+    # cores from being oversubscribed by torch's own thread pool.
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    context = served_run(run_dir)
+    if len(context.arrays):
+        context.admission(0)  # the page's default admission, ready for the first visitor
+    # The other admissions are prepared in the background; a visit to one not reached yet
+    # prepares it on the spot (AdmissionCache builds each once).
+    threading.Thread(
+        target=_prepare_admissions,
+        args=(context, range(1, min(len(context.arrays), PREPARED_ADMISSIONS))),
+        name="prepare-admissions",
+        daemon=True,
+    ).start()
+    log.info(
+        "serving %s: model, %d candidates and thumbnails loaded in %.1f s",
+        context.run.run_dir,
+        len(context.index),
+        time.perf_counter() - start,
+    )
     return context

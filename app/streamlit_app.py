@@ -1,28 +1,56 @@
-"""The Streamlit app; `symile-clinical app --run RUN`, or
-`streamlit run app/streamlit_app.py -- --run RUN`.
+"""The app's server: `symile-clinical app --run RUN` (or `streamlit run app/streamlit_app.py
+-- --run RUN`, the same server with the settings of app/.streamlit/config.toml).
 
-Pages: query by admission, query by upload, the run's evaluation report.
+An st.App around the page script `app/main.py`, so that both ways of starting it get:
+- the Host check of `app.host_guard.HostGuard` on every HTTP and websocket request (DNS
+  rebinding), before Streamlit sees the request;
+- a warm start: the run's model, index, thumbnails, metadata and query embeddings are
+  loaded in the server's startup (`app.run_context.warm_served_run`), before it accepts
+  connections, so no user waits for them; sessions share what was loaded.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
-# `streamlit run` puts app/ first on sys.path; the project root must be importable too.
+# `streamlit run` imports this file as a top-level module with app/ on sys.path.
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import streamlit as st  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
+from streamlit import App  # noqa: E402
 
-st.set_page_config(page_title="Symile clinical retrieval", page_icon="🫀", layout="wide")
-PAGES = Path(__file__).resolve().parent / "app_pages"
-navigation = st.navigation(
-    [
-        st.Page(PAGES / "by_admission.py", title="Query by admission", default=True),
-        st.Page(PAGES / "by_upload.py", title="Query by upload"),
-        st.Page(PAGES / "report.py", title="Evaluation report"),
-    ]
-)
-navigation.run()
+from app.host_guard import HostGuard  # noqa: E402
+
+SCRIPT = Path(__file__).resolve().parent / "main.py"
+log = logging.getLogger("app.server")
+
+
+@asynccontextmanager
+async def warm_start(_app: Any) -> AsyncIterator[None]:
+    """Load the run before the server accepts connections (a run that cannot be served is
+    logged here and shown to each visitor by the page)."""
+    from app.run_context import RunUnavailableError, run_dir_from_args, warm_served_run
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+    run_dir = run_dir_from_args(sys.argv[1:], os.environ)
+    if run_dir is not None:
+        try:
+            await asyncio.to_thread(warm_served_run, run_dir)
+        except RunUnavailableError as error:
+            log.error("cannot serve %s: %s", error.path, error.reason)
+    yield
+
+
+app = App(SCRIPT, lifespan=warm_start, middleware=[Middleware(HostGuard)])

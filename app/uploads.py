@@ -22,8 +22,9 @@ import numpy as np
 import pandas as pd
 
 from app.errors import AppError
-from preprocessing.ecg import load_ecg_record, normalise_ecg
+from preprocessing.ecg import check_header, load_ecg_record, normalise_ecg
 from preprocessing.errors import InvalidRecord
+from preprocessing.lab_catalog import plausible_range
 from preprocessing.labs import observed_mask, percentiles_from_cdf
 
 log = logging.getLogger(__name__)
@@ -88,13 +89,31 @@ def _unzip(name: str, data: bytes, limit: int) -> dict[str, bytes]:
                 raise UploadError(name, f"unpacks to more than {limit / 2**20:.0f} MB")
             if base in members:
                 raise UploadError(name, f"holds two files named {base}")
-            try:
-                members[base] = archive.read(info)
-            except (zipfile.BadZipFile, OSError, ValueError) as error:
-                raise UploadError(name, f"member {base} is corrupt ({error})") from error
+            members[base] = _read_member(name, archive, info, base, limit - total + info.file_size)
+            total += len(members[base]) - info.file_size
     if not members:
         raise UploadError(name, "the zip holds no WFDB files (.hea with its .dat)")
     return members
+
+
+def _read_member(
+    name: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo, base: str, allowed: int
+) -> bytes:
+    """A zip member's bytes, counted as they are decompressed: the headers' sizes may lie,
+    so reading stops as soon as the member passes `allowed` bytes."""
+    chunks, size = [], 0
+    try:
+        with archive.open(info) as member:
+            while chunk := member.read(1 << 16):
+                size += len(chunk)
+                if size > allowed:
+                    raise UploadError(
+                        name, "unpacks to more than its headers declare, over the limit"
+                    )
+                chunks.append(chunk)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as error:
+        raise UploadError(name, f"member {base} is corrupt ({type(error).__name__})") from None
+    return b"".join(chunks)
 
 
 def collect_wfdb_files(
@@ -144,6 +163,10 @@ def read_ecg_upload(
             (folder / base).write_bytes(content)
         record = folder / header[: -len(".hea")]
         try:
+            check_header(folder / header)  # limits before any sample is read (fs, duration)
+        except InvalidRecord as error:
+            raise UploadError(header, error.reason) from None
+        try:
             signal_files = set(wfdb.rdheader(str(record)).file_name or [])
         except Exception as error:  # wfdb raises many types for a malformed header
             raise UploadError(header, f"not a readable WFDB header ({error})") from None
@@ -187,8 +210,8 @@ def read_labs_csv(
 ) -> dict[int, float]:
     """A labs CSV (columns itemid or label, and value) -> {itemid: value}.
 
-    Empty values are missing labs. Unknown labs, text values and a lab given twice are
-    refused with the offending names or rows.
+    Empty values are missing labs. Unknown labs, text values, values outside the lab
+    catalogue's plausible range and a lab given twice are refused with the offending rows.
     """
     check_size(name, data, limit)
     if Path(name).suffix.lower() not in (".csv", ".txt"):
@@ -206,7 +229,7 @@ def read_labs_csv(
         )
     by_itemid, by_label, ambiguous = _lab_lookup(labs_spec)
     values: dict[int, float] = {}
-    unknown, not_numeric = [], []
+    unknown, not_numeric, implausible = [], [], []
     for line, record in enumerate(table.to_dict("records"), start=2):
         key = (
             record.get(columns.get("itemid", ""), "").strip()
@@ -239,6 +262,14 @@ def read_labs_csv(
             not_numeric.append(f"line {line} ({labs_spec[index]['label']}: {text!r})")
             continue
         itemid = int(labs_spec[index]["itemid"])
+        bounds = plausible_range(itemid)
+        if bounds is not None and not bounds[0] <= value <= bounds[1]:
+            unit = f" {labs_spec[index]['unit']}" if labs_spec[index].get("unit") else ""
+            implausible.append(
+                f"line {line} ({labs_spec[index]['label']}: plausible "
+                f"{bounds[0]:g} to {bounds[1]:g}{unit})"
+            )
+            continue
         if itemid in values:
             raise UploadError(name, f"lab {labs_spec[index]['label']} is given twice")
         values[itemid] = value
@@ -250,6 +281,12 @@ def read_labs_csv(
         )
     if not_numeric:
         raise UploadError(name, f"values must be numbers: {', '.join(not_numeric[:8])}")
+    if implausible:
+        raise UploadError(
+            name,
+            f"values outside what the lab can measure: {', '.join(implausible[:8])}; "
+            "check the value and its unit",
+        )
     return values
 
 

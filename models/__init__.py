@@ -3,6 +3,7 @@
 from models.cxr_encoder import CXREncoder, CXRWeightsError
 from models.ecg_encoder import ECGEncoder
 from models.labs_encoder import LabsEncoder
+from models.reference_mimic import SymileMIMICReference
 from models.symile_model import (
     LOGIT_SCALE_INIT,
     LOGIT_SCALE_MAX,
@@ -19,6 +20,7 @@ __all__ = [
     "ECGEncoder",
     "LabsEncoder",
     "ModelConfig",
+    "SymileMIMICReference",
     "SymileModel",
     "build_model",
 ]

@@ -16,7 +16,10 @@ from models.labs_encoder import LabsEncoder
 
 LOGIT_SCALE_INIT = math.log(1 / 0.07)  # 2.65926, CLIP's initial temperature
 LOGIT_SCALE_MAX = math.log(100.0)  # CLIP clamps exp(scale) at 100
-PROJECTIONS = ("layernorm", "l2")
+PROJECTIONS = ("layernorm", "l2", "none")
+# "symile_clinical": this project's SymileModel; "symile_mimic_reference": the published
+# Symile-MIMIC architecture (models/reference_mimic.py), shaped by embed_dim, n_labs, cxr_size.
+ARCHITECTURES = ("symile_clinical", "symile_mimic_reference")
 
 
 @dataclass(frozen=True)
@@ -24,7 +27,8 @@ class ModelConfig:
     """The model's shape; serialised into RUN/config.json under "model".
 
     `projection`: "layernorm" (a LayerNorm on each modality's d-vector, as the paper's
-    MIMIC model) or "l2" (unit vectors, as the paper's README example).
+    MIMIC model), "l2" (unit vectors, as the paper's README example) or "none" (the
+    encoder's linear output as is).
     `norm`: "batch" (BatchNorm in the ECG and CXR ResNets, as torchvision's) or "group"
     (GroupNorm: the output does not depend on the batch, so eval mode behaves as training
     did even after few steps, and data-parallel training equals one process exactly).
@@ -48,8 +52,11 @@ class ModelConfig:
     cxr_size: int = 320
     logit_scale_init: float = LOGIT_SCALE_INIT
     freeze_logit_scale: bool = False
+    arch: str = "symile_clinical"
 
     def __post_init__(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"arch must be one of {ARCHITECTURES}, got {self.arch!r}")
         if self.projection not in PROJECTIONS:
             raise ValueError(f"projection must be one of {PROJECTIONS}, got {self.projection!r}")
         # Lists from JSON/TOML become tuples so that configs compare and hash by value.
@@ -58,7 +65,7 @@ class ModelConfig:
 
 
 class Projection(nn.Module):
-    """The last step of every modality: LayerNorm (learned affine) or L2 normalisation."""
+    """The last step of every modality: LayerNorm (learned affine), L2 normalisation or none."""
 
     def __init__(self, kind: str, dim: int) -> None:
         super().__init__()
@@ -136,6 +143,20 @@ class SymileModel(nn.Module):
         self.logit_scale.clamp_(max=LOGIT_SCALE_MAX)
 
 
+def _build(config: ModelConfig) -> SymileModel:
+    if config.arch == "symile_mimic_reference":
+        from models.reference_mimic import SymileMIMICReference
+
+        return SymileMIMICReference(  # the same interface as SymileModel
+            embed_dim=config.embed_dim,
+            n_labs=config.n_labs,
+            cxr_size=config.cxr_size,
+            logit_scale_init=config.logit_scale_init,
+            freeze_logit_scale=config.freeze_logit_scale,
+        )
+    return SymileModel(config)
+
+
 def build_model(
     config: ModelConfig, seed: int | None = None, cxr_weights: Path | None = None
 ) -> SymileModel:
@@ -143,13 +164,16 @@ def build_model(
 
     nn.Module initialisers draw from torch's global generator and take no generator
     argument, so the seeded build runs inside `fork_rng`, which restores the caller's state.
+    `config.arch` "symile_mimic_reference" builds the published architecture instead.
     """
     if seed is None:
-        model = SymileModel(config)
+        model = _build(config)
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = SymileModel(config)
+            model = _build(config)
     if cxr_weights is not None:
+        if config.arch != "symile_clinical":
+            raise ValueError(f"cxr_weights are for the symile_clinical arch, not {config.arch}")
         model.cxr_encoder.load_backbone(Path(cxr_weights))
     return model

@@ -3,6 +3,8 @@
 The display rules of DICOM, in the order the standard applies them (PS3.4 grayscale
 pipeline), each in one function below:
 
+0. refuse, from the header and before any pixel is decoded, a file or image larger than
+   a radiograph can be (`check_image_size`: a 25 kB RLE file may declare 60000 x 60000);
 1. decode pixels, whatever the transfer syntax (pydicom with pylibjpeg: JPEG, JPEG-LS,
    JPEG 2000, RLE); files without file meta (no preamble) are read with ``force=True`` as
    Implicit VR Little Endian;
@@ -29,6 +31,30 @@ if TYPE_CHECKING:
 
 DEFAULT_CXR_SIZE = 320
 JPEG_SUFFIXES = {".jpg", ".jpeg", ".png"}
+# Plausibility limits of one radiograph: MIMIC-CXR's largest are about 4300 x 3500 pixels.
+# They bound decoding memory (40 M 16-bit pixels: 80 MB, a few copies of it in float32).
+MAX_CXR_PIXELS = 40_000_000  # rows x columns x frames
+MAX_CXR_FILE_BYTES = 256 * 2**20  # an uncompressed 6000 x 6000 16-bit image is 72 MB
+
+
+def check_image_size(path: Path, ds) -> None:
+    """Refuse (``too_large``) an image whose header declares more than MAX_CXR_PIXELS."""
+    try:
+        rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+        frames = int(ds.get("NumberOfFrames") or 1)
+    except (TypeError, ValueError):
+        raise InvalidRecord(path, "Rows, Columns or NumberOfFrames is not a number") from None
+    if rows < 2 or columns < 2:
+        raise InvalidRecord(path, f"image of {rows} x {columns} pixels", kind="not_an_image")
+    pixels = rows * columns * max(frames, 1)
+    if pixels > MAX_CXR_PIXELS:
+        frames_text = f" x {frames} frames" if frames > 1 else ""
+        raise InvalidRecord(
+            path,
+            f"header declares {rows} x {columns} pixels{frames_text}, over the "
+            f"{MAX_CXR_PIXELS / 1e6:.0f} M pixels a radiograph can have",
+            kind="too_large",
+        )
 
 
 def _read_dataset(path: Path):
@@ -36,14 +62,24 @@ def _read_dataset(path: Path):
     import pydicom
     from pydicom.uid import ImplicitVRLittleEndian
 
+    size = path.stat().st_size
+    if size > MAX_CXR_FILE_BYTES:
+        raise InvalidRecord(
+            path,
+            f"{size / 2**20:.0f} MB file (at most {MAX_CXR_FILE_BYTES / 2**20:.0f} MB)",
+            kind="too_large",
+        )
     try:
         ds = pydicom.dcmread(path, force=True)
     except Exception as error:  # truncated or not DICOM at all
-        raise InvalidRecord(path, f"not readable as DICOM: {error}", kind="unreadable") from None
+        raise InvalidRecord(
+            path, f"not readable as DICOM ({type(error).__name__}: {error})", kind="unreadable"
+        ) from None
     if "PixelData" not in ds:
         kind = "not_an_image" if "Rows" not in ds else "no_pixel_data"
         what = ds.get("Modality", "?")
         raise InvalidRecord(path, f"no pixel data (Modality {what})", kind=kind)
+    check_image_size(path, ds)
     if not getattr(ds.file_meta, "TransferSyntaxUID", None):
         # No preamble and no file meta (old ACR-NEMA style files): Implicit VR LE by default.
         ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
@@ -185,6 +221,14 @@ def jpeg_to_unit_image(path: str | Path) -> np.ndarray:
     path = Path(path)
     try:
         with Image.open(path) as img:
+            width, height = img.size  # from the header: nothing is decoded yet
+            if width * height > MAX_CXR_PIXELS:
+                raise InvalidRecord(
+                    path,
+                    f"header declares {height} x {width} pixels, over the "
+                    f"{MAX_CXR_PIXELS / 1e6:.0f} M pixels a radiograph can have",
+                    kind="too_large",
+                )
             grey = np.asarray(img.convert("L"), dtype=np.float32)
     except (OSError, UnidentifiedImageError) as error:
         raise InvalidRecord(path, f"not readable as an image: {error}", kind="unreadable") from None

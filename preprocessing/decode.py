@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -26,7 +27,7 @@ import pandas as pd
 
 from preprocessing import layout
 from preprocessing.cxr import load_cxr_image
-from preprocessing.ecg import load_ecg_record, normalise_ecg
+from preprocessing.ecg import load_ecg_record, normalise_ecg, record_base
 from preprocessing.errors import InvalidRecord
 from preprocessing.tables import RootPaths
 from symile_clinical.atomic import atomic_directory, write_json_atomic
@@ -51,6 +52,8 @@ class ShardTask:
     cxr_paths: tuple[str, ...]
     cxr_size: int
     ecg_normalisation: str
+    ecg_root: str = ""  # the release folders every file must resolve inside ("": unchecked)
+    cxr_root: str = ""
 
     def __len__(self) -> int:
         return len(self.ecg_paths)
@@ -95,6 +98,8 @@ def plan_shards(
             cxr_paths=tuple(cxr_files[start : start + shard_size]),
             cxr_size=cxr_size,
             ecg_normalisation=ecg_normalisation,
+            ecg_root=str(paths.ecg),
+            cxr_root=str(paths.cxr),
         )
         for i, start in enumerate(range(0, len(kept), shard_size))
     ]
@@ -126,9 +131,7 @@ def decode_shard(task: ShardTask) -> int:
             zip(task.ecg_paths, task.cxr_paths, strict=True)
         ):
             ecg_problem = _decode_file("ecg", ecg_path, lambda p: _ecg_row(p, task), ecg, row)
-            cxr_problem = _decode_file(
-                "cxr", cxr_path, lambda p: load_cxr_image(p, task.cxr_size), cxr, row
-            )
+            cxr_problem = _decode_file("cxr", cxr_path, lambda p: _cxr_row(p, task), cxr, row)
             problems = [p for p in (ecg_problem, cxr_problem) if p is not None]
             status.append(problems)
         ecg.flush()
@@ -138,8 +141,26 @@ def decode_shard(task: ShardTask) -> int:
     return task.index
 
 
+def check_inside(path: Path, root: str) -> None:
+    """Refuse (``path_outside_root``) a file whose path, ``..`` resolved, leaves `root`.
+
+    Resolved as text (os.path.abspath), not by following links: a release folder that an
+    administrator linked in from another disk (``files -> /data/...``) is still the release.
+    """
+    if root and not Path(os.path.abspath(path)).is_relative_to(os.path.abspath(root)):
+        raise InvalidRecord(path, "lies outside its release folder", kind="path_outside_root")
+
+
+def _cxr_row(path: str, task: ShardTask) -> np.ndarray:
+    """One CXR as its shard row: uint8 [1, S, S], the file checked to lie in the release."""
+    check_inside(Path(path), task.cxr_root)
+    return load_cxr_image(path, task.cxr_size)
+
+
 def _ecg_row(path: str, task: ShardTask) -> np.ndarray:
     """One ECG record as its shard row: normalised, float16 [12, 5000]."""
+    check_inside(Path(path).parent, task.ecg_root)
+    check_inside(record_base(path).with_suffix(".hea"), task.ecg_root)
     return normalise_ecg(load_ecg_record(path), task.ecg_normalisation).astype(np.float16)
 
 

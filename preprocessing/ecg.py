@@ -9,7 +9,11 @@ Each rule real files need lives in one function below:
 - header checksums verified against the samples: a header that disagrees with its data;
 - NaN runs (WFDB's invalid sample) up to ``max_gap_s`` interpolated, longer runs, too many
   NaN or a flat lead quarantine the record;
-- resampled to 500 Hz (polyphase, exact rational ratio) and cropped/padded to 10 s.
+- resampled to 500 Hz (polyphase, exact rational ratio) and cropped/padded to 10 s;
+- the header is checked against plausibility limits before any sample is read
+  (`check_header`): sampling frequency, duration, signal count, signal formats and
+  signal-file names, so that a few bytes of header can neither make resampling take
+  gigabytes (fs = 0.05 Hz) nor point the reader at a file outside the record's folder.
 
 Any WFDB signal format wfdb-python reads works: MIMIC-IV-ECG's format 16 ``.dat`` and the
 PhysioNet/CinC ``.mat`` records (format ``16x1+24``) alike. Format 16 single-file records
@@ -20,6 +24,7 @@ PhysioNet/CinC ``.mat`` records (format ``16x1+24``) alike. Format 16 single-fil
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass
 from fractions import Fraction
@@ -35,6 +40,14 @@ MAX_GAP_S = 0.5  # NaN runs up to this long are interpolated; longer ones quaran
 MAX_NAN_FRACTION = 0.1  # more NaN than this share of a lead quarantines the record
 MIN_DURATION_S = 2.0  # shorter records are not comparable to 10 s ones
 FLAT_LEAD_MV = 1e-3  # peak-to-peak below this (mV) is a disconnected lead
+# Plausibility limits of a 12-lead ECG record, checked on the header before reading samples.
+# They bound memory: at most MAX_SIGNALS x MAX_FS_HZ x MAX_DURATION_S samples (~31 MB float64).
+MIN_FS_HZ = 100.0  # PTB-XL's low-rate version; below it a 500 Hz ECG cannot be recovered
+MAX_FS_HZ = 2000.0  # high-resolution research ECGs; MIMIC-IV-ECG is 500 Hz
+MAX_DURATION_S = 60.0  # a resting ECG is 10 s; longer is a Holter or a wrong header
+MAX_SIGNALS = 32  # 12 leads plus Frank leads and spares
+MAX_SIGNAL_FILE_BYTES = 64 * 2**20  # a 60 s, 32-signal, 2 kHz record in 32-bit samples is 15 MB
+WFDB_DEFAULT_FS = 250.0  # what WFDB assumes when the header gives no frequency
 
 _UNIT_TO_MV = {"mv": 1.0, "": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "v": 1e3}
 
@@ -144,6 +157,135 @@ def crop_or_pad(signal: np.ndarray, samples: int = ECG_SAMPLES) -> np.ndarray:
     return padded
 
 
+@dataclass(frozen=True)
+class HeaderFacts:
+    """What a WFDB header declares: signals, frequency (Hz), samples (None: not given), files."""
+
+    n_sig: int
+    fs: float
+    sig_len: int | None
+    signal_files: tuple[str, ...]
+
+
+def _header_lines(header_file: Path) -> list[str]:
+    """The header's non-empty, non-comment lines."""
+    return [
+        line.strip()
+        for line in header_file.read_text(errors="replace").splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+
+
+def _bad_header(header_file: Path, reason: str) -> InvalidRecord:
+    return InvalidRecord(header_file, reason, kind="bad_header")
+
+
+def check_header(header_file: Path) -> HeaderFacts:
+    """Read a header's record and signal lines and refuse what no 12-lead ECG can be.
+
+    Refused (InvalidRecord with a readable reason): a sampling frequency outside
+    [MIN_FS_HZ, MAX_FS_HZ] (``bad_sampling_rate``), a duration over MAX_DURATION_S
+    (``too_long``) or under MIN_DURATION_S (``too_short``), more than MAX_SIGNALS signals or
+    a signal count that disagrees with the signal lines (``bad_header``), a format code
+    WFDB does not define (``bad_format``), and a signal file outside the record's folder
+    (``path_outside_root``). Multi-segment records are left to wfdb-python.
+    """
+    lines = _header_lines(header_file)
+    if not lines:
+        raise _bad_header(header_file, "header has no record line")
+    fields = lines[0].split()
+    if len(fields) < 2 or not fields[1].isdigit():
+        raise _bad_header(header_file, "record line gives no number of signals")
+    n_sig = int(fields[1])
+    if n_sig == 0:
+        raise _bad_header(header_file, "header declares no signals")
+    if n_sig > MAX_SIGNALS:
+        raise _bad_header(header_file, f"{n_sig} signals declared (at most {MAX_SIGNALS})")
+    fs = WFDB_DEFAULT_FS
+    if len(fields) > 2:
+        try:
+            fs = float(re.split(r"[/(]", fields[2])[0])
+        except ValueError:
+            raise _bad_header(header_file, "sampling frequency is not a number") from None
+    if not (math.isfinite(fs) and MIN_FS_HZ <= fs <= MAX_FS_HZ):
+        raise InvalidRecord(
+            header_file,
+            f"sampling frequency {fs:g} Hz is outside the plausible "
+            f"{MIN_FS_HZ:g}-{MAX_FS_HZ:g} Hz of an ECG",
+            kind="bad_sampling_rate",
+        )
+    sig_len = None
+    if len(fields) > 3:
+        if not fields[3].isdigit():
+            raise _bad_header(header_file, "number of samples is not a whole number")
+        sig_len = int(fields[3])
+        _check_duration(header_file, sig_len / fs)
+    if "/" in fields[0]:  # multi-segment: the following lines are segments, not signals
+        return HeaderFacts(n_sig, fs, sig_len, ())
+    signals = [line.split() for line in lines[1:]]
+    if len(signals) != n_sig:
+        raise _bad_header(
+            header_file, f"header declares {n_sig} signals but describes {len(signals)}"
+        )
+    files = []
+    for number, signal in enumerate(signals, start=1):
+        fmt = re.match(r"\d*", signal[1]).group() if len(signal) > 1 else ""
+        if fmt not in _WFDB_FORMATS:
+            raise InvalidRecord(
+                header_file,
+                f"signal {number} has format code {fmt or 'none'}, not a WFDB format "
+                f"({', '.join(sorted(_WFDB_FORMATS, key=int))})",
+                kind="bad_format",
+            )
+        files.append(_signal_file_name(header_file, signal[0]))
+    return HeaderFacts(n_sig, fs, sig_len, tuple(files))
+
+
+# Signal formats WFDB defines (and wfdb-python reads): PhysioNet's "header(5)" format table.
+_WFDB_FORMATS = frozenset(
+    {"8", "16", "24", "32", "61", "80", "160", "212", "310", "311", "508", "516", "524"}
+)
+
+
+def _check_duration(header_file: Path, duration: float) -> None:
+    """Refuse a record shorter than MIN_DURATION_S or longer than MAX_DURATION_S."""
+    if duration < MIN_DURATION_S:
+        raise InvalidRecord(
+            header_file,
+            f"{duration:.2f} s long (at least {MIN_DURATION_S:g} s needed)",
+            kind="too_short",
+        )
+    if duration > MAX_DURATION_S:
+        raise InvalidRecord(
+            header_file,
+            f"{duration:g} s long (at most {MAX_DURATION_S:g} s: a resting ECG is 10 s)",
+            kind="too_long",
+        )
+
+
+def _signal_file_name(header_file: Path, name: str) -> str:
+    """A signal-file name of the header, refused unless it lies in the record's folder."""
+    # ".." resolved as text, links not followed (a linked-in release folder is fine).
+    folder = Path(os.path.abspath(header_file.parent))
+    if name == "~":  # WFDB: signals stored in no file
+        raise _bad_header(header_file, "signals are stored in no file ('~')")
+    target = Path(os.path.abspath(folder / name))
+    if Path(name).is_absolute() or not target.is_relative_to(folder):
+        raise InvalidRecord(
+            header_file,
+            f"signal file {name!r} lies outside the record's folder",
+            kind="path_outside_root",
+        )
+    if target.is_file() and target.stat().st_size > MAX_SIGNAL_FILE_BYTES:
+        raise InvalidRecord(
+            header_file,
+            f"signal file {name} holds {target.stat().st_size / 2**20:.0f} MB "
+            f"(at most {MAX_SIGNAL_FILE_BYTES / 2**20:.0f} MB for one ECG)",
+            kind="too_long",
+        )
+    return name
+
+
 @dataclass
 class RawRecord:
     """A record as stored: physical samples float64 [n, signals] (NaN = invalid), header facts."""
@@ -180,11 +322,7 @@ def _read_format16(base: Path, verify_checksums: bool) -> RawRecord | None:
     whose size differs from the header's promise); wfdb-python then reads the record.
     """
     header_file = base.with_suffix(".hea")
-    lines = [
-        line.strip()
-        for line in header_file.read_text(errors="replace").splitlines()
-        if line.strip() and not line.lstrip().startswith("#")
-    ]
+    lines = _header_lines(header_file)
     if not lines:
         return None
     fields = lines[0].split()
@@ -236,7 +374,9 @@ def _read_with_wfdb(base: Path, verify_checksums: bool) -> RawRecord:
     try:
         header = wfdb.rdheader(str(base))
     except Exception as error:  # wfdb raises ValueError, IndexError and others alike
-        raise InvalidRecord(header_file, f"unreadable header: {error}", kind="unreadable") from None
+        raise InvalidRecord(
+            header_file, f"header not readable by wfdb ({_describe(error)})", kind="unreadable"
+        ) from None
     # Problems with the samples are blamed on the signal file, the others on the header.
     signal_file = base.parent / header.file_name[0] if header.file_name else header_file
     try:
@@ -245,7 +385,7 @@ def _read_with_wfdb(base: Path, verify_checksums: bool) -> RawRecord:
         raise InvalidRecord(signal_file, "signal file not found", kind="missing_file") from None
     except Exception as error:
         raise InvalidRecord(
-            signal_file, f"unreadable samples: {error}", kind="unreadable"
+            signal_file, f"samples not readable by wfdb ({_describe(error)})", kind="unreadable"
         ) from None
     if record.d_signal is None or not record.fs:
         raise InvalidRecord(header_file, "record has no signals", kind="unreadable")
@@ -268,12 +408,24 @@ def _read_with_wfdb(base: Path, verify_checksums: bool) -> RawRecord:
     )
 
 
+def _describe(error: Exception) -> str:
+    """A library exception as a sentence: its message, or its type where the message is bare."""
+    text = str(error).strip()
+    if isinstance(error, KeyError | IndexError) or len(text) < 8:
+        return f"{type(error).__name__} {text}".strip()
+    return text
+
+
 def read_raw_record(path: str | Path, verify_checksums: bool = True) -> RawRecord:
-    """Read a WFDB record as stored (fast path for format 16, wfdb-python otherwise)."""
+    """Read a WFDB record as stored (fast path for format 16, wfdb-python otherwise).
+
+    The header is checked first (`check_header`): nothing the limits refuse is read.
+    """
     base = record_base(path)
     header_file = base.with_suffix(".hea")
     if not header_file.is_file():
         raise InvalidRecord(header_file, "header file (.hea) not found", kind="missing_file")
+    check_header(header_file)
     raw = _read_format16(base, verify_checksums)
     return raw if raw is not None else _read_with_wfdb(base, verify_checksums)
 
@@ -291,13 +443,11 @@ def load_ecg_record(
     """
     raw = read_raw_record(path, verify_checksums)
     order = lead_order(raw.sig_name, raw.header_file)
-    duration = raw.physical.shape[0] / raw.fs
-    if duration < MIN_DURATION_S:
+    if not MIN_FS_HZ <= raw.fs <= MAX_FS_HZ:  # wfdb's reading of a header check_header passed
         raise InvalidRecord(
-            raw.header_file,
-            f"{duration:.2f} s long (at least {MIN_DURATION_S} s needed)",
-            kind="too_short",
+            raw.header_file, f"sampling frequency {raw.fs:g} Hz", kind="bad_sampling_rate"
         )
+    _check_duration(raw.header_file, raw.physical.shape[0] / raw.fs)
     scale = unit_scale(raw.units, raw.header_file)[order]
     physical = raw.physical[:, order].T * scale[:, None]  # [12, n] mV
     signal = fill_nan_gaps(physical, raw.fs, max_gap_s, max_nan_fraction, raw.signal_file)

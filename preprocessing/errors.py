@@ -56,3 +56,7 @@ class IncompatibleOutput(PreprocessError):  # noqa: N818
 
 class SynthError(PreprocessError):
     """The synthetic-cohort generator refused or failed (e.g. a foreign output folder)."""
+
+
+class InvalidTable(PreprocessError):  # noqa: N818
+    """A table that cannot be read at all (truncated, corrupt): stop at once, naming it."""

@@ -144,6 +144,21 @@ def lab_by_itemid(itemid: int) -> LabItem:
         raise KeyError(f"lab itemid {itemid} is not in preprocessing.lab_catalog") from None
 
 
+def plausible_range(itemid: int) -> tuple[float, float] | None:
+    """(low, high) a value of this lab can take, in its catalogue unit; None if not catalogued.
+
+    The one plausibility limit of lab values: preprocess quarantines a labevents row
+    outside it and the app refuses an upload outside it.
+    """
+    item = _BY_ITEMID.get(int(itemid))
+    return None if item is None else (item.plausible_low, item.plausible_high)
+
+
+def plausible_ranges(itemids: Sequence[int]) -> dict[int, tuple[float, float]]:
+    """plausible_range of each catalogued itemid among `itemids`."""
+    return {int(i): r for i in itemids if (r := plausible_range(i)) is not None}
+
+
 def lab_descriptions(itemids: Sequence[int], d_labitems: pd.DataFrame) -> dict[int, dict]:
     """Label, fluid and unit per itemid: the catalogue first, d_labitems for the rest."""
     table = d_labitems.set_index("itemid") if not d_labitems.empty else None

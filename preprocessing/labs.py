@@ -111,7 +111,11 @@ def percentiles_from_cdf(
         mask = seen[:, column]
         if not len(spec["cdf_values"]):  # a lab never seen in training carries no information
             mask = np.zeros_like(mask)
-        filled[mask] = mid_rank_percentile(raw[mask, column], np.asarray(spec["cdf_values"]))
+        cdf = np.asarray(spec["cdf_values"], dtype=np.float64)
+        if spec.get("percentile_rule", "mid_rank") == "ecdf_right":  # an imported release's
+            filled[mask] = np.searchsorted(cdf, raw[mask, column], side="right") / cdf.size
+        else:
+            filled[mask] = mid_rank_percentile(raw[mask, column], cdf)
         out[:, column] = filled
     return out[0] if single else out
 

@@ -49,7 +49,12 @@ from preprocessing.labs import (
     observed_mask,
     percentiles_from_cdf,
 )
-from preprocessing.quarantine import exclusion_rows, malformed_lab_rows, quarantine_frame
+from preprocessing.quarantine import (
+    exclusion_rows,
+    malformed_lab_rows,
+    quarantine_frame,
+    table_rows,
+)
 from preprocessing.report import PreprocessReport, count_outcomes, reconcile
 from preprocessing.splits import SplitSizes
 from symile_clinical.dataset_dir import SPLITS, DatasetDir
@@ -92,13 +97,22 @@ class PreprocessConfig:
 
 
 def select_cohort(
-    config: PreprocessConfig, paths: tables.RootPaths, found: dict[str, Path]
+    config: PreprocessConfig,
+    paths: tables.RootPaths,
+    found: dict[str, Path],
+    problems: list[tables.RowProblem] | None = None,
 ) -> Cohort:
-    """Read the tables and build the cohort (cohort.build_cohort); CXR paths as on disk."""
-    admissions = tables.read_admissions(found["admissions"])
-    ecgs = tables.read_ecg_record_list(found["ecg_record_list"])
+    """Read the tables and build the cohort (cohort.build_cohort); CXR paths as on disk.
+
+    Table rows left out (tables.RowProblem) are appended to `problems`.
+    """
+    problems = [] if problems is None else problems
+    admissions = tables.read_admissions(found["admissions"], problems)
+    ecgs = tables.read_ecg_record_list(found["ecg_record_list"], problems)
     if "cxr_metadata" in found:
-        cxrs = tables.read_cxr_metadata(found["cxr_metadata"], found.get("cxr_record_list"))
+        cxrs = tables.read_cxr_metadata(
+            found["cxr_metadata"], found.get("cxr_record_list"), problems
+        )
     else:  # the MIMIC-CXR DICOM release: no metadata table, so read the DICOM headers
         cxrs = tables.cxr_metadata_from_headers(
             paths.cxr,
@@ -106,6 +120,7 @@ def select_cohort(
             config.workers,
             config.progress,
             subject_ids=admissions["subject_id"].unique(),
+            problems=problems,
         )
     # With top_k_labs: every lab, for the candidates' subjects; K are chosen on train later.
     wanted = None if config.top_k_labs else tuple(config.lab_itemids or PAPER_LAB_ITEMIDS)
@@ -138,12 +153,23 @@ def run_preprocess(config: PreprocessConfig) -> PreprocessReport:
         return _completed(dataset, Path(config.out), fingerprint)
 
     tick = time.perf_counter()
-    cohort = select_cohort(config, paths, found)
+    table_problems: list[tables.RowProblem] = []
+    cohort = select_cohort(config, paths, found, table_problems)
     labevents_file = layout.relative_to_root(found["labevents"], root)
-    cohort_rows = exclusion_rows(cohort.excluded, config.windows) + malformed_lab_rows(
-        cohort.lab_scan.malformed, labevents_file
+    row_problems = table_problems + cohort.lab_scan.problems
+    cohort_rows = (
+        exclusion_rows(cohort.excluded, config.windows)
+        + malformed_lab_rows(cohort.lab_scan.malformed, labevents_file)
+        + table_rows(row_problems, root, found["labevents"])
     )
     timings["cohort"] = time.perf_counter() - tick
+
+    # Before any decoding: a split that could not serve 2 candidates even if every file
+    # decodes is refused now, with the sizes that would work.
+    planned = cohort.admissions["subject_id"].to_numpy()
+    planned_split = splits.assign_splits(planned, config.split_sizes, config.seed)
+    planned_by_split = {s: planned[planned_split == s] for s in SPLITS}
+    splits.candidates_per_split(planned_by_split, config.candidates, warn=False)
 
     tick = time.perf_counter()
     work = dataset.path / WORK_DIR
@@ -165,10 +191,10 @@ def run_preprocess(config: PreprocessConfig) -> PreprocessReport:
     observed = np.isfinite(values)
     subjects = included["subject_id"].to_numpy()
     split_of = splits.assign_splits(subjects, config.split_sizes, config.seed)
-    # Built before anything is written: a split too small for K candidates fails here.
-    candidate_frame = splits.all_candidate_sets(
-        {s: subjects[split_of == s] for s in SPLITS}, config.candidates, config.seed
-    )
+    # Built before anything is written; a split too small for K gets fewer (warned).
+    by_split = {s: subjects[split_of == s] for s in SPLITS}
+    candidates = splits.candidates_per_split(by_split, config.candidates)
+    candidate_frame = splits.all_candidate_sets(by_split, candidates, config.seed)
     train = split_of == "train"
     itemids = cohort.lab_itemids
     if config.top_k_labs:
@@ -199,7 +225,7 @@ def run_preprocess(config: PreprocessConfig) -> PreprocessReport:
         Path(config.out), counts, split_sizes, {k: round(v, 3) for k, v in timings.items()}
     )
     write_report(dataset, report.as_json())
-    commit_dataset(dataset, _dataset_json(config, fingerprint, labs_spec, split_sizes))
+    commit_dataset(dataset, _dataset_json(config, fingerprint, labs_spec, split_sizes, candidates))
     if not config.keep_work:
         shutil.rmtree(work, ignore_errors=True)
     log.info("dataset at %s: %s; %d quarantine rows", config.out, split_sizes, len(quarantine))
@@ -218,7 +244,11 @@ def _completed(dataset: DatasetDir, out: Path, fingerprint: str) -> PreprocessRe
 
 
 def _dataset_json(
-    config: PreprocessConfig, fingerprint: str, labs_spec: list[dict], split_sizes: dict
+    config: PreprocessConfig,
+    fingerprint: str,
+    labs_spec: list[dict],
+    split_sizes: dict,
+    candidates: dict[str, int],
 ) -> dict:
     """dataset.json (docs/formats.md), plus the settings fingerprint and the source root."""
     paths = tables.RootPaths.from_root(
@@ -240,6 +270,8 @@ def _dataset_json(
         "labs": labs_spec,
         "splits": split_sizes,
         "candidates_per_query": config.candidates,
+        # K of each evaluation split: fewer than asked where a small split cannot serve it.
+        "candidates_per_split": candidates,
         "cohort": config.windows.as_json(),
         "source": {
             "mimic_root": str(config.mimic_root),

@@ -1,9 +1,13 @@
 """quarantine.csv: one row per rejected record or admission (id, file, stage, reason).
 
-Stages: ``cohort`` (an admission left out: no ECG/CXR/lab in its windows, or its chosen
+Stages: ``tables`` (a row of admissions, record_list.csv or the CXR tables that does not
+parse or whose path leaves its release folder: its id if readable, the table, the line and
+the reason), ``cohort`` (an admission left out: no ECG/CXR/lab in its windows, or its chosen
 file was rejected), ``ecg`` and ``cxr`` (a file that could not be made into a tensor),
-``labs`` (a labevents row whose ``valuenum`` holds something other than a number; an
-empty valuenum beside a text value such as ``___`` is ordinary MIMIC and not quarantined).
+``labs`` (a labevents row whose ``valuenum`` holds something other than a number, whose
+fields or times do not parse, or whose value lies outside the lab catalogue's plausible
+range; an empty valuenum beside a text value such as ``___`` is ordinary MIMIC and not
+quarantined). Reasons name ids, never a row's values.
 ``reason`` starts with a short kind (``nan_gap: ...``) that the report counts by.
 """
 
@@ -15,17 +19,19 @@ import pandas as pd
 
 from preprocessing import cohort
 from preprocessing.cohort import CohortWindows
+from preprocessing.tables import RowProblem
 from symile_clinical.atomic import write_text_atomic
 
 QUARANTINE_COLUMNS = ("id", "file", "stage", "reason")
-STAGES = ("cohort", "ecg", "cxr", "labs")
+STAGES = ("tables", "cohort", "ecg", "cxr", "labs")
 
 
 def quarantine_frame(rows: list[dict]) -> pd.DataFrame:
     """Rows (dicts with id, file, stage, reason) as the quarantine table, stable order."""
     frame = pd.DataFrame(rows, columns=list(QUARANTINE_COLUMNS)).astype(str)
     frame["_stage"] = frame["stage"].map({s: i for i, s in enumerate(STAGES)}).fillna(len(STAGES))
-    frame = frame.drop_duplicates(["stage", "id", "file"])
+    # A file two admissions share is one row; table rows differ by their line (in reason).
+    frame = frame.drop_duplicates(["stage", "id", "file", "reason"])
     frame = frame.sort_values(["_stage", "file", "id"], kind="stable").drop(columns="_stage")
     return frame.reset_index(drop=True)
 
@@ -57,11 +63,22 @@ def malformed_lab_rows(malformed: pd.DataFrame, labevents_file: str) -> list[dic
             "id": labevent_id,
             "file": labevents_file,
             "stage": "labs",
-            "reason": f"malformed_valuenum: valuenum {text!r} is not a number",
+            "reason": "malformed_valuenum: valuenum is not a number",
         }
-        for labevent_id, text in zip(
-            malformed["labevent_id"], malformed["valuenum_text"], strict=True
+        for labevent_id in malformed["labevent_id"]
+    ]
+
+
+def table_rows(problems: list[RowProblem], root: Path, labevents: Path) -> list[dict]:
+    """Quarantine rows of table rows left out: stage ``labs`` for labevents, else ``tables``."""
+    from preprocessing.layout import relative_to_root
+
+    return [
+        problem.quarantine_row(
+            relative_to_root(problem.table, root),
+            "labs" if problem.table == labevents else "tables",
         )
+        for problem in problems
     ]
 
 

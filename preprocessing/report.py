@@ -64,6 +64,11 @@ def count_outcomes(
             "scanned": int(scan.rows_read),
             "kept_numeric": len(scan.numeric),
             "malformed": len(scan.malformed),
+            "quarantined_other": dict(sorted(Counter(p.kind for p in scan.problems).items())),
+        },
+        "table_rows_quarantined": {
+            "tables": int((quarantine["stage"] == "tables").sum()),
+            "labs": int((quarantine["stage"] == "labs").sum()),
         },
         "quarantine_rows": {"total": len(quarantine), "by_stage_and_reason": by_stage},
     }
@@ -75,6 +80,11 @@ def reconcile(counts: dict[str, Any]) -> None:
     excluded = sum(adm["excluded"].values())
     if adm["included"] + excluded != adm["total"]:
         raise AssertionError(f"admissions: {adm['included']} + {excluded} != {adm['total']}")
+    labs = counts["lab_rows"]
+    lab_rows = labs["malformed"] + sum(labs["quarantined_other"].values())
+    if counts["table_rows_quarantined"]["labs"] != lab_rows:
+        quarantined = counts["table_rows_quarantined"]["labs"]
+        raise AssertionError(f"labs: {lab_rows} rows left out != {quarantined} quarantined")
     for stage in ("ecg", "cxr"):
         files = counts[f"{stage}_files"]
         rejected = sum(files["rejected"].values())

@@ -6,17 +6,21 @@ seed and taken in that order until val and test reach their target; the rest is 
 
 For val and test each query admission gets K candidates shown in a seeded random order:
 its own CXR plus K-1 CXRs of other patients from the same split (the paper's protocol,
-K = 10).
+K = 10). A split too small to serve K (a small real cohort) gets fewer candidates, with a
+warning; dataset.json records the K of each split and evaluation's chance is 1/K.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from preprocessing.errors import InvalidSettings
+
+log = logging.getLogger(__name__)
 
 EVAL_SPLITS = ("val", "test")
 
@@ -130,10 +134,63 @@ def _candidate_frame(columns: dict) -> pd.DataFrame:
     )
 
 
-def all_candidate_sets(subjects_by_split: dict[str, np.ndarray], k: int, seed: int) -> pd.DataFrame:
-    """Candidate sets of val then test, each from its own generator derived from `seed`."""
+def servable_candidates(subject_ids: np.ndarray, k: int) -> int:
+    """The most candidates (<= k) every query of a split can get: 1 + the fewest admissions
+    of other patients any query has; 0 for an empty split."""
+    subject_ids = np.asarray(subject_ids, dtype=np.int64)
+    if subject_ids.size == 0:
+        return 0
+    _, counts = np.unique(subject_ids, return_counts=True)
+    return int(min(k, subject_ids.size - counts.max() + 1))
+
+
+def candidates_per_split(
+    subjects_by_split: dict[str, np.ndarray], k: int, warn: bool = True
+) -> dict[str, int]:
+    """K per evaluation split: `k`, or fewer where a small split cannot serve it (warned).
+
+    A split that cannot give every query even one other patient's CXR (fewer than 2
+    candidates) is refused with the sizes that would work.
+    """
+    per_split = {}
+    for split in EVAL_SPLITS:
+        subjects = np.asarray(subjects_by_split.get(split, np.array([])), dtype=np.int64)
+        servable = servable_candidates(subjects, k)
+        if subjects.size and servable < 2:
+            patients = np.unique(subjects).size
+            raise InvalidSettings(
+                f"--{split}",
+                f"split {split!r} holds {subjects.size} admissions of {patients} patient(s): "
+                f"no query has a candidate of another patient; give --{split} at least "
+                f"{subjects.size + 1} admissions (or a larger fraction)",
+            )
+        if warn and subjects.size and servable < k:
+            log.warning(
+                "split %r (%d admissions) can serve %d candidates per query, not "
+                "--candidates %d: using %d (chance %.1f%%)",
+                split,
+                subjects.size,
+                servable,
+                k,
+                servable,
+                100.0 / servable,
+            )
+        per_split[split] = servable if subjects.size else k
+    return per_split
+
+
+def all_candidate_sets(
+    subjects_by_split: dict[str, np.ndarray], k: int | dict[str, int], seed: int
+) -> pd.DataFrame:
+    """Candidate sets of val then test, each from its own generator derived from `seed`.
+
+    `k` is one K for both splits or a K per split (`candidates_per_split`).
+    """
     frames = []
     for offset, split in enumerate(EVAL_SPLITS):
         rng = np.random.default_rng([seed, 1 + offset])
-        frames.append(candidate_sets(subjects_by_split.get(split, np.array([])), k, rng, split))
+        k_split = k[split] if isinstance(k, dict) else k
+        frames.append(
+            candidate_sets(subjects_by_split.get(split, np.array([])), k_split, rng, split)
+        )
     return pd.concat(frames, ignore_index=True)

@@ -2,14 +2,25 @@
 
 Everything here is I/O at the edge: the joins on what it returns live in cohort.py.
 Tables are found as ``.csv.gz`` (as PhysioNet ships them) or as decompressed ``.csv``.
+
+One bad row never stops a run: a row with too few or too many fields, a repeated header
+line, an id, time or date that does not parse, or a file path that leaves its release
+folder is left out and reported as a `RowProblem` (table, line, id, kind, reason; never
+the row's values), which becomes a quarantine row. A table that cannot be read at all
+(truncated or corrupt file) stops the run at once with an `InvalidTable` naming it: a
+release cut short is a failed download, and reading on would silently drop whichever
+patients its lost tail held.
 """
 
 from __future__ import annotations
 
+import csv
+import gzip
 import logging
+import zlib
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -17,7 +28,8 @@ import numpy as np
 import pandas as pd
 
 from preprocessing import layout
-from preprocessing.errors import InvalidRoot
+from preprocessing.errors import InvalidRoot, InvalidTable
+from preprocessing.lab_catalog import LAB_ITEMS, lab_by_itemid, plausible_ranges
 
 log = logging.getLogger(__name__)
 
@@ -138,18 +150,245 @@ def _decompressed(file_name: str) -> str:
     return " (or its decompressed .csv)" if file_name.endswith(".gz") else ""
 
 
-def read_admissions(path: Path) -> pd.DataFrame:
-    """admissions: subject_id, hadm_id (int64), admittime (datetime64)."""
-    frame = pd.read_csv(path, usecols=list(ADMISSIONS_NEEDED))
-    frame["admittime"] = pd.to_datetime(frame["admittime"])
-    return frame.astype({"subject_id": "int64", "hadm_id": "int64"})
+@dataclass(frozen=True)
+class RowProblem:
+    """A table row left out: where it is and why, without its values (ids only)."""
+
+    table: Path
+    line: int | None  # 1-based line of the file (the header is line 1); None: not known
+    id: str  # the row's own id (hadm_id, study_id, dicom_id, labevent_id) or ""
+    kind: str  # bad_row, repeated_header, bad_value, path_outside_root, ...
+    reason: str
+
+    def quarantine_row(self, file: str, stage: str) -> dict:
+        """The row of quarantine.csv; `file` is the table as the report names it."""
+        where = f"line {self.line}: " if self.line is not None else ""
+        return {
+            "id": self.id,
+            "file": file,
+            "stage": stage,
+            "reason": f"{self.kind}: {where}{self.reason}",
+        }
 
 
-def read_ecg_record_list(path: Path) -> pd.DataFrame:
+def _open_text(path: Path):
+    """A table as text (gzip by suffix); undecodable bytes replaced, never fatal."""
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8", errors="replace", newline="")
+    return open(path, encoding="utf-8", errors="replace", newline="")
+
+
+def read_rows(
+    path: Path, columns: Sequence[str], problems: list[RowProblem], id_column: str | None = None
+) -> pd.DataFrame:
+    """The `columns` of a CSV table as str, one row per well-formed line, plus `line` (int64).
+
+    A line with another number of fields than the header, or a repeat of the header, is
+    left out and appended to `problems`. A file that ends early or is corrupt raises
+    InvalidTable naming it. A clean table is read by pyarrow (fast); one with a malformed
+    line is read again by the csv module, which knows every record's line.
+    """
+    frame = _read_rows_fast(path, columns)
+    if frame is not None:
+        header = frame[list(columns)].eq(pd.Series(list(columns), index=list(columns))).all(axis=1)
+        for line in frame.loc[header, "line"]:
+            problems.append(
+                RowProblem(path, int(line), "", "repeated_header", "the header line again")
+            )
+        return frame.loc[~header].reset_index(drop=True)
+    return _read_rows_exact(path, columns, problems, id_column)
+
+
+def _read_rows_fast(path: Path, columns: Sequence[str]) -> pd.DataFrame | None:
+    """pyarrow's read of a table with no malformed line (line = row + 2); None otherwise."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    malformed: list[int] = []
+    try:
+        table = pacsv.read_csv(
+            path,
+            read_options=pacsv.ReadOptions(block_size=1 << 24),
+            parse_options=pacsv.ParseOptions(
+                ignore_empty_lines=False,  # an empty line would shift every line number
+                invalid_row_handler=lambda row: malformed.append(1) or "skip",
+            ),
+            convert_options=pacsv.ConvertOptions(
+                include_columns=list(columns),
+                column_types={column: pa.string() for column in columns},
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+    except (OSError, pa.ArrowInvalid, KeyError):  # the exact reader says what is wrong
+        return None
+    if malformed:
+        return None
+    frame = table.to_pandas().astype(object)
+    frame["line"] = np.arange(2, len(frame) + 2, dtype=np.int64)
+    return frame
+
+
+def _read_rows_exact(
+    path: Path, columns: Sequence[str], problems: list[RowProblem], id_column: str | None
+) -> pd.DataFrame:
+    """read_rows by the csv module: exact line numbers of malformed lines."""
+    values: list[list[str]] = []
+    lines: list[int] = []
+    try:
+        with _open_text(path) as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            if header is None:
+                raise InvalidTable(path, "is empty")
+            positions = [header.index(column) for column in columns]
+            id_position = header.index(id_column) if id_column in header else None
+            for record in reader:
+                if not record:
+                    continue
+                line = reader.line_num
+                row_id = ""
+                if id_position is not None and id_position < len(record):
+                    row_id = (
+                        record[id_position].strip() if record[id_position].strip().isdigit() else ""
+                    )
+                if record == header:
+                    problems.append(
+                        RowProblem(path, line, "", "repeated_header", "the header line again")
+                    )
+                elif len(record) != len(header):
+                    problems.append(
+                        RowProblem(
+                            path,
+                            line,
+                            row_id,
+                            "bad_row",
+                            f"{len(record)} fields where the header has {len(header)}",
+                        )
+                    )
+                else:
+                    values.append([record[i] for i in positions])
+                    lines.append(line)
+    except (EOFError, OSError, zlib.error, csv.Error) as error:
+        read = lines[-1] if lines else 1
+        raise InvalidTable(
+            path,
+            f"cannot be read past line {read} ({type(error).__name__}: truncated or corrupt "
+            "file): download it again",
+        ) from None
+    frame = pd.DataFrame(values, columns=list(columns), dtype=object)
+    frame["line"] = np.asarray(lines, dtype=np.int64)
+    return frame
+
+
+def _parse_column(
+    frame: pd.DataFrame,
+    column: str,
+    kind: str,
+    problems: list[RowProblem],
+    table: Path,
+    id_column: str | None,
+) -> pd.Series:
+    """Parse a str column as "int" (int64) or "datetime"; a row that does not parse (or is
+    empty) is added to `problems` and marked in frame["_bad"]."""
+    text = frame[column].fillna("").astype(str).str.strip()
+    if kind == "int":
+        good = text.str.fullmatch(r"[-+]?\d+")
+        parsed = _as_int64(text.where(good, "0"))
+        what = "is not a whole number"
+    else:
+        parsed = pd.to_datetime(text.where(text != "", None), errors="coerce", format="ISO8601")
+        good = parsed.notna()
+        what = "does not parse as a date and time"
+    bad = ~good.to_numpy(dtype=bool) & ~frame["_bad"].to_numpy(dtype=bool)
+    for line, row_id, empty in zip(
+        frame.loc[bad, "line"],
+        frame.loc[bad, id_column] if id_column else [""] * int(bad.sum()),
+        (text[bad] == "").tolist(),
+        strict=True,
+    ):
+        row_id = (
+            str(row_id).strip() if str(row_id).strip().isdigit() or id_column == "dicom_id" else ""
+        )
+        problems.append(
+            RowProblem(
+                table, int(line), row_id, "bad_value", f"{column} {'is empty' if empty else what}"
+            )
+        )
+    frame["_bad"] = frame["_bad"].to_numpy(dtype=bool) | ~good.to_numpy(dtype=bool)
+    return parsed
+
+
+def _as_int64(text: pd.Series) -> pd.Series:
+    """Whole numbers as text (already checked) into int64, by pyarrow's cast (fast)."""
+    import pyarrow as pa
+
+    array = pa.array(text.str.strip().to_numpy(dtype=object), pa.string())
+    return pd.Series(array.cast(pa.int64()).to_numpy(), index=text.index)
+
+
+def _typed(
+    frame: pd.DataFrame,
+    types: dict[str, str],
+    problems: list[RowProblem],
+    table: Path,
+    id_column: str | None,
+) -> pd.DataFrame:
+    """`frame` with `types` parsed ("int", "datetime", "path"); rows that fail are dropped."""
+    frame = frame.copy()
+    frame["_bad"] = False
+    for column, kind in types.items():
+        if kind == "path":
+            frame[column] = _checked_paths(frame, column, problems, table, id_column)
+        else:
+            frame[column] = _parse_column(frame, column, kind, problems, table, id_column)
+    kept = frame.loc[~frame["_bad"]].drop(columns=["_bad"])
+    for column, kind in types.items():
+        if kind == "int":
+            kept[column] = kept[column].astype("int64")
+    return kept.reset_index(drop=True)
+
+
+def path_leaves_root(paths: pd.Series) -> np.ndarray:
+    """Which relative paths of a record list are empty, absolute or hold a ``..`` component
+    (MIMIC's never do): bool [N]."""
+    text = paths.fillna("").astype(str).str.strip().str.replace("\\", "/", regex=False)
+    return (
+        (text == "")
+        | text.str.startswith("/")
+        | text.str.match(r"^[A-Za-z]:")
+        | text.str.contains(r"(?:^|/)\.\.(?:/|$)", regex=True)
+    ).to_numpy(dtype=bool)
+
+
+def _checked_paths(
+    frame: pd.DataFrame, column: str, problems: list[RowProblem], table: Path, id_column: str | None
+) -> pd.Series:
+    """The path column; an empty, absolute or ``..`` path is a problem (``path_outside_root``)."""
+    paths = frame[column].fillna("").astype(str).str.strip()
+    bad = path_leaves_root(paths) & ~frame["_bad"].to_numpy(dtype=bool)
+    ids = frame.loc[bad, id_column] if id_column else [""] * int(bad.sum())
+    for line, row_id, value in zip(frame.loc[bad, "line"], ids, paths[bad], strict=True):
+        reason = "path is empty" if not value else f"{column} leaves the release folder"
+        problems.append(RowProblem(table, int(line), str(row_id), "path_outside_root", reason))
+    frame["_bad"] = frame["_bad"].to_numpy(dtype=bool) | bad
+    return paths
+
+
+def read_admissions(path: Path, problems: list[RowProblem] | None = None) -> pd.DataFrame:
+    """admissions: subject_id, hadm_id (int64), admittime (datetime64); bad rows to `problems`."""
+    problems = [] if problems is None else problems
+    frame = read_rows(path, ADMISSIONS_NEEDED, problems, id_column="hadm_id")
+    types = {"hadm_id": "int", "subject_id": "int", "admittime": "datetime"}
+    return _typed(frame, types, problems, path, "hadm_id")[list(ADMISSIONS_NEEDED)]
+
+
+def read_ecg_record_list(path: Path, problems: list[RowProblem] | None = None) -> pd.DataFrame:
     """record_list.csv: subject_id, study_id (int64), ecg_time (datetime64), path (str)."""
-    frame = pd.read_csv(path, usecols=list(ECG_NEEDED), dtype={"path": str})
-    frame["ecg_time"] = pd.to_datetime(frame["ecg_time"])
-    return frame.astype({"subject_id": "int64", "study_id": "int64"})
+    problems = [] if problems is None else problems
+    frame = read_rows(path, ECG_NEEDED, problems, id_column="study_id")
+    types = {"study_id": "int", "subject_id": "int", "ecg_time": "datetime", "path": "path"}
+    return _typed(frame, types, problems, path, "study_id")[list(ECG_NEEDED)]
 
 
 def study_datetime(study_date: pd.Series, study_time: pd.Series) -> pd.Series:
@@ -170,15 +409,50 @@ def study_datetime(study_date: pd.Series, study_time: pd.Series) -> pd.Series:
     return date + offset
 
 
-def read_cxr_metadata(metadata_path: Path, record_list_path: Path | None) -> pd.DataFrame:
-    """dicom_id, subject_id, study_id, ViewPosition, cxr_time, path (relative, .dcm or layout)."""
-    frame = pd.read_csv(metadata_path, usecols=list(CXR_METADATA_NEEDED), dtype={"dicom_id": str})
+def _study_date_problems(
+    frame: pd.DataFrame, problems: list[RowProblem], table: Path, lines: pd.Series | None
+) -> None:
+    """A problem (``bad_study_date``) per row whose StudyDate/StudyTime gave no time."""
+    for position in np.flatnonzero(frame["cxr_time"].isna().to_numpy()):
+        line = int(lines.iloc[position]) if lines is not None else None
+        problems.append(
+            RowProblem(
+                table,
+                line,
+                str(frame["dicom_id"].iloc[position]),
+                "bad_study_date",
+                "StudyDate or StudyTime does not parse as a DICOM date and time",
+            )
+        )
+
+
+def read_cxr_metadata(
+    metadata_path: Path, record_list_path: Path | None, problems: list[RowProblem] | None = None
+) -> pd.DataFrame:
+    """dicom_id, subject_id, study_id, ViewPosition, cxr_time, path (relative, .dcm or layout).
+
+    A row whose StudyDate/StudyTime does not parse keeps cxr_time NaT (in no window) and
+    is reported in `problems` as ``bad_study_date``; a row without ids is left out.
+    """
+    problems = [] if problems is None else problems
+    frame = read_rows(metadata_path, CXR_METADATA_NEEDED, problems, id_column="dicom_id")
+    frame = _typed(
+        frame, {"subject_id": "int", "study_id": "int"}, problems, metadata_path, "dicom_id"
+    )
+    frame["dicom_id"] = frame["dicom_id"].astype(object)
     frame["cxr_time"] = study_datetime(frame["StudyDate"], frame["StudyTime"])
+    _study_date_problems(frame, problems, metadata_path, frame["line"])
     frame["ViewPosition"] = frame["ViewPosition"].fillna("").astype(str).str.strip()
-    frame = frame.astype({"subject_id": "int64", "study_id": "int64"})
+    frame = frame.drop(columns=["line"])
     if record_list_path is not None:
-        paths = pd.read_csv(record_list_path, usecols=["dicom_id", "path"], dtype=str)
-        frame = frame.merge(paths, on="dicom_id", how="left")
+        paths = read_rows(record_list_path, ("dicom_id", "path"), problems, id_column="dicom_id")
+        paths = _typed(paths, {"path": "path"}, problems, record_list_path, "dicom_id")
+        frame = frame.merge(paths.drop(columns=["line"]), on="dicom_id", how="left")
+        # A row whose record-list path was refused is no candidate (not the layout's path).
+        refused = {
+            p.id for p in problems if p.kind == "path_outside_root" and p.table == record_list_path
+        }
+        frame = frame[~frame["dicom_id"].isin(refused)].reset_index(drop=True)
     else:
         frame["path"] = None
     frame["path"] = frame["path"].astype(object)
@@ -199,6 +473,7 @@ def cxr_metadata_from_headers(
     workers: int = 1,
     progress: bool = False,
     subject_ids: np.ndarray | None = None,
+    problems: list[RowProblem] | None = None,
 ) -> pd.DataFrame:
     """What read_cxr_metadata returns, read from the DICOM headers the record list names.
 
@@ -216,10 +491,11 @@ def cxr_metadata_from_headers(
     """
     from tqdm import tqdm
 
-    frame = pd.read_csv(
-        record_list_path, usecols=list(CXR_RECORD_LIST_FOR_HEADERS), dtype={"dicom_id": str}
-    )
-    frame = frame.astype({"subject_id": "int64", "study_id": "int64", "path": str})
+    problems = [] if problems is None else problems
+    frame = read_rows(record_list_path, CXR_RECORD_LIST_FOR_HEADERS, problems, id_column="dicom_id")
+    types = {"subject_id": "int", "study_id": "int", "path": "path"}
+    frame = _typed(frame, types, problems, record_list_path, "dicom_id").drop(columns=["line"])
+    frame["dicom_id"] = frame["dicom_id"].astype(object)
     if subject_ids is not None:
         frame = frame[frame["subject_id"].isin(subject_ids)].reset_index(drop=True)
     files = [str(Path(cxr_dir) / path) for path in frame["path"]]
@@ -261,6 +537,9 @@ def cxr_metadata_from_headers(
     frame["cxr_time"] = study_datetime(
         values["StudyDate"], values["StudyTime"].map(dicom_time_as_hhmmss)
     )
+    readable = np.array([header is not None for header in headers], dtype=bool)
+    # An unreadable header is only counted (above); a readable one without a time is reported.
+    _study_date_problems(frame[readable], problems, record_list_path, None)
     frame["path"] = frame["path"].astype(object)
     return frame[["dicom_id", "subject_id", "study_id", "ViewPosition", "cxr_time", "path"]]
 
@@ -315,14 +594,19 @@ def read_d_labitems(path: Path | None) -> pd.DataFrame:
 
 @dataclass
 class LabScan:
-    """What a pass over labevents kept: numeric rows, malformed rows, rows read."""
+    """What a pass over labevents kept: numeric rows, malformed rows, rows read, problems."""
 
     numeric: pd.DataFrame  # labevent_id, subject_id, itemid, charttime, valuenum (chosen rows)
     malformed: pd.DataFrame  # labevent_id, subject_id, itemid, valuenum_text (any row)
     rows_read: int
+    # Rows left out for another reason (bad_row, repeated_header, bad_value,
+    # implausible_value); ids only.
+    problems: list[RowProblem] = field(default_factory=list)
 
 
 NUMBER_PATTERN = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
+INTEGER_PATTERN = r"^\s*[-+]?\d+\s*$"
+_LAB_COLUMNS = ("labevent_id", "subject_id", "itemid", "charttime", "valuenum")
 
 
 def scan_labevents(
@@ -339,67 +623,250 @@ def scan_labevents(
     rows of the chosen labs for the cohort's subjects. A row whose ``value`` is text with an
     empty ``valuenum`` ("___", "NEG") is ordinary and skipped; a ``valuenum`` that holds
     something other than a number is a malformed row, returned (from any lab) for quarantine.
+
+    Rows that do not parse never stop the scan: a row with another number of fields, a
+    repeated header line, an id or charttime that does not parse, and (among the chosen
+    rows) a value outside the lab catalogue's plausible range are `LabScan.problems`. Their
+    ``line`` counts records (a quoted value spanning lines shifts it); a row of the wrong
+    field count is named by its labevent_id only (the streaming parser knows no line). A
+    truncated or corrupt file raises InvalidTable naming it.
     """
     import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.csv as pacsv
     from tqdm import tqdm
 
-    types = {
-        "labevent_id": pa.int64(),
-        "subject_id": pa.int64(),
-        "itemid": pa.int64(),
-        "charttime": pa.timestamp("s"),
-        "valuenum": pa.string(),  # parsed below, so that one malformed cell cannot stop the run
-    }
-    reader = pacsv.open_csv(
-        path,
-        read_options=pacsv.ReadOptions(block_size=block_size),
-        # Free-text columns (comments) may hold quoted newlines.
-        parse_options=pacsv.ParseOptions(newlines_in_values=True),
-        convert_options=pacsv.ConvertOptions(
-            include_columns=list(types), column_types=types, strings_can_be_null=True
-        ),
-    )
+    problems: list[RowProblem] = []
+
+    def wrong_field_count(row) -> str:
+        """pyarrow's handler: record the row by its id (never its text) and skip it."""
+        first = (row.text or "").split(",", 1)[0].strip()
+        problems.append(
+            RowProblem(
+                path,
+                None,
+                first if first.isdigit() else "",
+                "bad_row",
+                f"{row.actual_columns} fields where the header has {row.expected_columns}",
+            )
+        )
+        return "skip"
+
+    reader = _open_labevents(path, block_size, wrong_field_count)
     item_set = pa.array(sorted({int(i) for i in itemids}), pa.int64()) if itemids else None
     subject_set = (
         pa.array(sorted({int(s) for s in subject_ids}), pa.int64())
         if subject_ids is not None
         else None
     )
+    # Every lab (top-K): the catalogue's ranges for the labs it knows.
+    catalogued = item_set.to_pylist() if item_set is not None else [i.itemid for i in LAB_ITEMS]
+    bounds = plausible_ranges(catalogued)
     numeric, malformed, rows = [], [], 0
     bar = tqdm(desc="labevents", unit=" rows", unit_scale=True, disable=not progress)
-    for batch in reader:
+    while True:
+        try:
+            batch = reader.read_next_batch()
+        except StopIteration:
+            break
+        except (OSError, pa.ArrowInvalid) as error:
+            # pyarrow's parse messages quote the row: name the file and the place only.
+            detail = str(error) if isinstance(error, OSError) else type(error).__name__
+            raise InvalidTable(
+                path,
+                f"cannot be read past about line {rows + len(problems) + 1} ({detail}): "
+                "truncated or corrupt file, download it again",
+            ) from None
+        table = pa.Table.from_batches([batch])
+        first_line = rows + 2  # the header is line 1; bad-count rows are not in `rows`
         rows += batch.num_rows
         bar.update(batch.num_rows)
-        table = pa.Table.from_batches([batch])
-        text = table.column("valuenum")
-        try:
-            number = pc.cast(text, pa.float64())
-        except pa.ArrowInvalid:  # some cell is not a number: find which (slow path)
-            is_number = pc.match_substring_regex(text, NUMBER_PATTERN)
-            bad = pc.and_(pc.is_valid(text), pc.invert(pc.fill_null(is_number, True)))
-            malformed.append(
-                table.filter(bad)
-                .select(["labevent_id", "subject_id", "itemid", "valuenum"])
-                .rename_columns(["labevent_id", "subject_id", "itemid", "valuenum_text"])
-            )
-            number = pc.cast(
-                pc.if_else(is_number, text, pa.scalar(None, pa.string())), pa.float64()
-            )
-        table = table.set_column(table.schema.get_field_index("valuenum"), "valuenum", number)
-        keep = pc.and_(pc.is_valid(table.column("charttime")), pc.is_valid(number))
+        table = _lab_block_types(table, first_line, path, problems)
+        table, bad_values = _lab_block_values(table)
+        if bad_values is not None:
+            malformed.append(bad_values)
+        keep = pa.compute.and_(
+            pa.compute.is_valid(table.column("charttime")),
+            pa.compute.is_valid(table.column("valuenum")),
+        )
         if item_set is not None:
-            keep = pc.and_(keep, pc.is_in(table.column("itemid"), value_set=item_set))
+            keep = pa.compute.and_(
+                keep, pa.compute.is_in(table.column("itemid"), value_set=item_set)
+            )
         if subject_set is not None:
-            keep = pc.and_(keep, pc.is_in(table.column("subject_id"), value_set=subject_set))
-        numeric.append(table.filter(keep))
+            keep = pa.compute.and_(
+                keep, pa.compute.is_in(table.column("subject_id"), value_set=subject_set)
+            )
+        chosen = table.filter(keep)
+        numeric.append(_drop_implausible(chosen, bounds, path, problems))
     bar.close()
-    numeric_frame = _concat(
-        numeric, ["labevent_id", "subject_id", "itemid", "charttime", "valuenum"]
-    )
+    numeric_frame = _concat(numeric, list(_LAB_COLUMNS))
     malformed_frame = _concat(malformed, ["labevent_id", "subject_id", "itemid", "valuenum_text"])
-    return LabScan(numeric_frame, malformed_frame, rows)
+    return LabScan(numeric_frame, malformed_frame, rows, problems)
+
+
+def _open_labevents(path: Path, block_size: int, invalid_row_handler):
+    """A streaming reader of labevents' five columns, all as text (converted per block)."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    try:
+        return pacsv.open_csv(
+            path,
+            read_options=pacsv.ReadOptions(block_size=block_size),
+            # Free-text columns (comments) may hold quoted newlines.
+            parse_options=pacsv.ParseOptions(
+                newlines_in_values=True, invalid_row_handler=invalid_row_handler
+            ),
+            convert_options=pacsv.ConvertOptions(
+                include_columns=list(_LAB_COLUMNS),
+                column_types={column: pa.string() for column in _LAB_COLUMNS},
+                strings_can_be_null=True,
+            ),
+        )
+    except (OSError, pa.ArrowInvalid) as error:
+        detail = str(error) if isinstance(error, OSError) else type(error).__name__
+        raise InvalidTable(path, f"cannot be read ({detail}): download it again") from None
+
+
+def _lab_block_types(table, first_line: int, path: Path, problems: list[RowProblem]):
+    """One block's ids as int64 and charttime as timestamp[s]; rows that do not parse are
+    problems and dropped. The fast path casts the whole block at once."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    ids = ("labevent_id", "subject_id", "itemid")
+    try:
+        columns = {c: pc.cast(table.column(c), pa.int64()) for c in ids}
+        columns["charttime"] = pc.cast(table.column("charttime"), pa.timestamp("s"))
+    except pa.ArrowInvalid:
+        return _lab_block_types_slow(table, first_line, path, problems)
+    for name, column in columns.items():
+        table = table.set_column(table.schema.get_field_index(name), name, column)
+    return table
+
+
+def _lab_block_types_slow(table, first_line: int, path: Path, problems: list[RowProblem]):
+    """Row by row of a block that holds some unparseable cell: find it, report it, drop it."""
+    import pyarrow as pa
+
+    frame = table.to_pandas()
+    bad = np.zeros(len(frame), dtype=bool)
+    header = frame["labevent_id"].astype(str).str.strip() == "labevent_id"
+    for position in np.flatnonzero(header.to_numpy()):
+        problems.append(
+            RowProblem(
+                path, first_line + int(position), "", "repeated_header", "the header line again"
+            )
+        )
+    bad |= header.to_numpy()
+    parsed = {}
+    for column in ("labevent_id", "subject_id", "itemid"):
+        text = frame[column].fillna("").astype(str)
+        good = text.str.fullmatch(INTEGER_PATTERN[1:-1]) | (text == "")
+        parsed[column] = pd.to_numeric(text.where(good & (text != ""), None), errors="coerce")
+        _report(
+            frame,
+            ~good.to_numpy(dtype=bool) & ~bad,
+            column,
+            "is not a whole number",
+            first_line,
+            path,
+            problems,
+        )
+        bad |= ~good.to_numpy(dtype=bool)
+    text = frame["charttime"].fillna("").astype(str).str.strip()
+    times = pd.to_datetime(text.where(text != "", None), errors="coerce", format="ISO8601")
+    unparsed = (times.isna() & (text != "")).to_numpy(dtype=bool)
+    _report(
+        frame,
+        unparsed & ~bad,
+        "charttime",
+        "does not parse as a date and time",
+        first_line,
+        path,
+        problems,
+    )
+    bad |= unparsed
+    keep = ~bad
+    arrays = [
+        pa.array(parsed[c][keep].astype("Int64"), pa.int64())
+        for c in ("labevent_id", "subject_id", "itemid")
+    ]
+    arrays.append(pa.array(times[keep].astype("datetime64[s]"), pa.timestamp("s")))
+    arrays.append(table.column("valuenum").filter(pa.array(keep)))
+    return pa.Table.from_arrays(arrays, names=list(_LAB_COLUMNS))
+
+
+def _report(
+    frame: pd.DataFrame,
+    bad: np.ndarray,
+    column: str,
+    what: str,
+    first_line: int,
+    path: Path,
+    problems: list[RowProblem],
+) -> None:
+    """A ``bad_value`` problem per marked row of a labevents block (its labevent_id if any)."""
+    ids = frame["labevent_id"].fillna("").astype(str).str.strip()
+    for position in np.flatnonzero(bad):
+        row_id = ids.iloc[position] if ids.iloc[position].isdigit() else ""
+        problems.append(
+            RowProblem(path, first_line + int(position), row_id, "bad_value", f"{column} {what}")
+        )
+
+
+def _lab_block_values(table):
+    """valuenum parsed to float64; (table, the malformed rows or None)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    text = table.column("valuenum")
+    malformed = None
+    try:
+        number = pc.cast(text, pa.float64())
+    except pa.ArrowInvalid:  # some cell is not a number: find which (slow path)
+        is_number = pc.match_substring_regex(text, NUMBER_PATTERN)
+        bad = pc.and_(pc.is_valid(text), pc.invert(pc.fill_null(is_number, True)))
+        malformed = (
+            table.filter(bad)
+            .select(["labevent_id", "subject_id", "itemid", "valuenum"])
+            .rename_columns(["labevent_id", "subject_id", "itemid", "valuenum_text"])
+        )
+        number = pc.cast(pc.if_else(is_number, text, pa.scalar(None, pa.string())), pa.float64())
+    table = table.set_column(table.schema.get_field_index("valuenum"), "valuenum", number)
+    return table, malformed
+
+
+def _drop_implausible(table, bounds: dict[int, tuple[float, float]], path: Path, problems):
+    """Rows of catalogued labs whose value lies outside the plausible range: problems, dropped."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not bounds or table.num_rows == 0:
+        return table
+    known = pa.array(sorted(bounds), pa.int64())
+    index = pc.index_in(table.column("itemid"), value_set=known)
+    low = pc.take(pa.array([bounds[i][0] for i in known.to_pylist()], pa.float64()), index)
+    high = pc.take(pa.array([bounds[i][1] for i in known.to_pylist()], pa.float64()), index)
+    value = table.column("valuenum")
+    outside = pc.fill_null(pc.or_(pc.less(value, low), pc.greater(value, high)), False)
+    if not pc.any(outside).as_py():
+        return table
+    flagged = table.filter(outside)
+    for labevent_id, itemid in zip(
+        flagged.column("labevent_id").to_pylist(), flagged.column("itemid").to_pylist(), strict=True
+    ):
+        item = lab_by_itemid(itemid)
+        problems.append(
+            RowProblem(
+                path,
+                None,
+                str(labevent_id),
+                "implausible_value",
+                f"{item.label} outside the plausible {item.plausible_low:g} to "
+                f"{item.plausible_high:g} {item.unit}",
+            )
+        )
+    return table.filter(pc.invert(outside))
 
 
 def _concat(tables: list, columns: list[str]) -> pd.DataFrame:

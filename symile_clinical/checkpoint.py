@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -60,16 +61,61 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
         state = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
         raise CheckpointError(
-            path, f"truncated or corrupt ({type(error).__name__}: {error})"
-        ) from error
+            path, f"truncated or corrupt ({type(error).__name__}: {_first_line(error)})"
+        ) from None
     except pickle.UnpicklingError as error:
-        raise CheckpointError(path, f"not loadable with weights_only=True: {error}") from error
+        raise CheckpointError(path, _unpickling_reason(error)) from None
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(path, "not a symile-clinical checkpoint (no 'model' entry)")
     version = state.get("format", CHECKPOINT_FORMAT)
     if version != CHECKPOINT_FORMAT:
         raise CheckpointError(path, f"checkpoint format {version}, expected {CHECKPOINT_FORMAT}")
     return state
+
+
+def _first_line(error: Exception) -> str:
+    """The first line of a torch error, without its advice to load with weights_only=False."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text if "weights_only" not in text else "not loadable as plain tensors and values"
+
+
+def _unpickling_reason(error: Exception) -> str:
+    """Why weights_only=True refused the file, naming the class it holds; no advice to run
+    pickled code (torch's message suggests weights_only=False: never, for a checkpoint)."""
+    match = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+    held = f" ({match.group(1)})" if match else ""
+    return (
+        f"holds a Python object{held} other than tensors and plain values, which "
+        "torch.load(weights_only=True) refuses (opening it could run code): not a "
+        "symile-clinical checkpoint"
+    )
+
+
+def check_model_shapes(path: Path | str, model: torch.nn.Module, state: dict[str, Any]) -> None:
+    """CheckpointError naming `path` when its weights do not fit `model` (another shape)."""
+    expected = model.state_dict()
+    saved = state.get("model", {})
+    missing = sorted(set(expected) - set(saved))
+    unexpected = sorted(set(saved) - set(expected))
+    wrong = [
+        f"{name} {tuple(saved[name].shape)} (model {tuple(tensor.shape)})"
+        for name, tensor in expected.items()
+        if name in saved and hasattr(saved[name], "shape") and saved[name].shape != tensor.shape
+    ]
+    problems = []
+    if wrong:
+        problems.append(f"{len(wrong)} weights of another shape, e.g. {wrong[0]}")
+    if missing:
+        problems.append(f"{len(missing)} weights missing, e.g. {missing[0]}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} weights the model lacks, e.g. {unexpected[0]}")
+    if problems:
+        raise CheckpointError(
+            path,
+            "was written for another model shape: "
+            + "; ".join(problems)
+            + " (resume with the config it was trained with, or start a new run)",
+        )
 
 
 def file_sha256(path: Path | str) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,7 +181,40 @@ def paper_config() -> TrainConfig:
     )
 
 
-PRESETS = {"demo": demo_config, "paper": paper_config}
+def demo_clip_config() -> TrainConfig:
+    """The demo's pairwise-CLIP recipe (chosen on validation: docs/diagnosis.md)."""
+    return dataclasses.replace(demo_config(), preset="demo-clip", objective="clip")
+
+
+def demo_fast_clip_config() -> TrainConfig:
+    """Pairwise CLIP, the demo recipe with smaller encoders (ECG stem stride 8 and 8-64
+    channels, CXR resnet_tiny): about 4x less compute per step, for the multi-seed study on
+    2 cores. L2-normalised embeddings with CLIP's scale, as CLIP is usually trained."""
+    base = demo_config()
+    model = dataclasses.replace(
+        base.model, ecg_channels=(8, 16, 32, 64), ecg_stem_stride=8, cxr_arch="resnet_tiny"
+    )
+    return dataclasses.replace(base, model=model, preset="demo-fast-clip", objective="clip")
+
+
+def demo_fast_config() -> TrainConfig:
+    """Symile with `demo-fast-clip`'s encoders and a LayerNorm projection (log scale
+    ln 0.1: MIPs of LayerNorm'd 128-d vectors have a spread of ~sqrt(128)). Chosen on
+    validation over L2 (docs/diagnosis.md): with L2 the labs embedding collapses towards one
+    point and Symile ignores the labs; LayerNorm's learned offset gives the constant
+    coordinates through which a multilinear score uses pairwise information."""
+    base = demo_fast_clip_config()
+    model = dataclasses.replace(base.model, projection="layernorm", logit_scale_init=math.log(0.1))
+    return dataclasses.replace(base, model=model, preset="demo-fast", objective="symile")
+
+
+PRESETS = {
+    "demo": demo_config,
+    "demo-clip": demo_clip_config,
+    "demo-fast": demo_fast_config,
+    "demo-fast-clip": demo_fast_clip_config,
+    "paper": paper_config,
+}
 
 
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:

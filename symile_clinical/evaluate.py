@@ -16,7 +16,7 @@ metrics.json (written by report.write_report) is the dict `evaluate` returns:
 
     schema_version, dataset, split, n_queries, n_candidates, pool_size, n_labs,
     chance_top1, seed, bootstrap {n_resamples, seed, confidence},
-    lab_bins [{label, low, high}],
+    lab_bins [{label, low, high}], warnings [str] (e.g. fewer candidates than the paper's 10),
     runs [{name, run_dir, objective, checkpoint, checkpoint_sha256,
            candidate_top1 {estimate, se, ci_low, ci_high, n, n_resamples, confidence},
            candidate_mrr {...}, candidate_rank_counts [K ints: queries at rank 1..K],
@@ -66,6 +66,8 @@ from symile_clinical.retrieval import (
 from symile_clinical.runs import LoadedRun, RunDir, load_run
 
 log = logging.getLogger(__name__)
+
+PAPER_CANDIDATES = 10  # the Symile-MIMIC protocol: the true CXR among 10
 
 SCHEMA_VERSION = 1
 POOL_RECALL_AT = (1, 5, 10)
@@ -386,7 +388,16 @@ def evaluate(config: EvaluateConfig) -> EvaluationResult:
         "lab_bins": [{"label": _bin_label(lo, hi), "low": lo, "high": hi} for lo, hi in bins],
         "runs": [e.metrics for e in evaluations],
         "comparisons": [compare_runs(evaluations[0], e, config) for e in evaluations[1:]],
+        "warnings": [],
     }
+    if k < PAPER_CANDIDATES:  # a small split: preprocess served fewer candidates than asked
+        warning = (
+            f"{k} candidates per query, fewer than the paper's {PAPER_CANDIDATES} (the split is "
+            f"small): chance top-1 is {100 * chance_top1(k):.1f}%, so accuracies are not "
+            "comparable with the paper's"
+        )
+        metrics["warnings"].append(warning)
+        log.warning("%s", warning)
     pngs: dict[str, bytes] = {}
     if config.plots:
         pngs = {

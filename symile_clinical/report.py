@@ -302,6 +302,7 @@ def render_markdown(metrics: Mapping[str, Any], plot_files: Mapping[str, str]) -
         f"{boot['n_resamples']} resamples, seed {boot['seed']}; every run sees the same "
         "resamples.",
         "",
+        *[f"> **Warning:** {warning}\n" for warning in metrics.get("warnings", [])],
         "| metric | " + " | ".join(r["name"] for r in runs) + " |",
         "|---|" + "---|" * len(runs),
     ]
@@ -379,6 +380,7 @@ def render_html(metrics: Mapping[str, Any], pngs: Mapping[str, bytes]) -> str:
         f"{100 * metrics['chance_top1']:.1f}%), pool of {metrics['pool_size']}. "
         f"{100 * boot['confidence']:.0f}% bootstrap CIs over queries, "
         f"{boot['n_resamples']} resamples (seed {boot['seed']})."
+        + "".join(f" Warning: {warning}" for warning in metrics.get("warnings", []))
     )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">

@@ -41,10 +41,11 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from models import CXRWeightsError, SymileModel, build_model
-from symile_clinical.atomic import write_text_atomic
+from symile_clinical.atomic import remove_stale_temporaries, write_text_atomic
 from symile_clinical.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
+    check_model_shapes,
     load_checkpoint,
     previous_path,
     save_checkpoint,
@@ -437,6 +438,8 @@ class Trainer:
             )
         self.config = config
         resuming = _prepare_run_dir(config, dataset, run, resume, world.is_main)
+        if world.is_main:  # a run killed while writing a checkpoint left its temporary
+            remove_stale_temporaries(run.checkpoints_dir)
         world.barrier()  # the config is written before any rank reads the run directory
 
         self.fill = torch.from_numpy(dataset.fill_values)
@@ -480,7 +483,9 @@ class Trainer:
         self.metrics = _MetricsLog(run, enabled=world.is_main)
         self.window = _LogWindow()
         if resuming:
-            self.load_state_dict(_load_resume_checkpoint(run.last_checkpoint))
+            state = _load_resume_checkpoint(run.last_checkpoint)
+            check_model_shapes(run.last_checkpoint, self.model, state)
+            self.load_state_dict(state)
             self.metrics.truncate_after(self.progress.step)
             log.info(
                 "resumed %s at step %d (epoch %d)",

@@ -21,7 +21,7 @@ from app.run_context import RUN_ENV, run_dir_from_args
 from app.uploads import MAX_UPLOAD_BYTES, UploadError, read_ecg_upload, read_labs_csv
 from symile_clinical.runs import RunDir
 
-ENTRY = Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py"
+ENTRY = Path(__file__).resolve().parents[1] / "app" / "main.py"
 TIMEOUT = 60  # the first run of a session loads torch, the model and the index
 
 
@@ -53,9 +53,24 @@ def texts(elements) -> str:
     return "\n".join(str(e.value) for e in elements)
 
 
-def result_images(app: AppTest) -> list:
-    """Result thumbnails: st.image elements whose caption carries a score."""
-    return [i for i in app.image if any("score" in c for c in i.captions)]
+def result_images(app: AppTest) -> list[str]:
+    """Captions of the result thumbnails (one st.image list holds them all): those that
+    carry a score."""
+    return [c for image in app.image for c in image.captions if "score" in c]
+
+
+def markdown_tables(app: AppTest) -> list:
+    """The Markdown tables of the page (rankings side by side, lab effects) as DataFrames."""
+    import pandas as pd
+
+    tables = []
+    for element in app.markdown:
+        lines = str(element.value).strip().splitlines()
+        if len(lines) < 2 or not lines[0].startswith("| ") or not lines[1].startswith("|---"):
+            continue
+        cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+        tables.append(pd.DataFrame(cells[2:], columns=cells[0]))
+    return tables
 
 
 def captions(app: AppTest) -> str:
@@ -91,20 +106,20 @@ def test_admission_page_whole_index_pool_and_k(app: AppTest) -> None:
 def test_admission_page_shows_symile_vs_clip(app: AppTest) -> None:
     app.run()
     assert "Symile vs CLIP" in texts(app.subheader)
-    ranked = [d.value for d in app.dataframe if "probability" in d.value.columns]
+    ranked = [t for t in markdown_tables(app) if "probability" in t.columns]
     assert len(ranked) == 2  # one ranking per run
     for table in ranked:
-        assert table["true"].sum() == 1  # the paper pool always holds the true CXR
-        assert table["probability"].sum() == pytest.approx(100, abs=0.5)
+        assert (table["true"] == "✔").sum() == 1  # the paper pool always holds the true CXR
+        assert table["probability"].astype(float).sum() == pytest.approx(100, abs=0.5)
 
 
 def test_admission_page_explains_the_match_by_masking_labs(app: AppTest) -> None:
     app.run()
     app.selectbox(key="admission").set_value(3).run()
     assert not app.exception, app.exception
-    effects = [d.value for d in app.dataframe if "score_change" in d.value.columns]
+    effects = [t for t in markdown_tables(app) if "score_change" in t.columns]
     assert effects and len(effects[0]) >= 1
-    assert np.isfinite(effects[0]["score_change"]).all()
+    assert np.isfinite(effects[0]["score_change"].astype(float)).all()
 
 
 # ---------------------------------------------------------------------------------------
@@ -298,7 +313,7 @@ def test_a_new_checkpoint_rebuilds_the_stale_index(app: AppTest, runs, tmp_path:
     finally:
         os.environ[RUN_ENV] = str(runs[1])
     assert not first.exception and not second.exception
-    assert "index was built now" in texts(second.info)
+    assert "index was built when this run was loaded" in texts(second.info)
     assert json.loads((run / "index" / "index.json").read_text())["checkpoint_sha256"] != sha
 
 
@@ -394,13 +409,13 @@ def test_admission_ecg_reads_the_ecg_release_preprocess_read(tmp_path: Path) -> 
 
     import pandas as pd
 
-    from app.views import admission_ecg
+    from app.admissions import admission_ecg
     from preprocessing.pipeline import PreprocessConfig, _dataset_json
 
     ecg_dir = tmp_path / "physionet" / "mimic-iv-ecg" / "1.0"
     write_wfdb(ecg_dir / "files/p1000/p10000032/s40689238", "40689238")
     config = PreprocessConfig(mimic_root=tmp_path / "root", out=tmp_path / "out", ecg_dir=ecg_dir)
-    dataset = _dataset_json(config, "f", [], {})
+    dataset = _dataset_json(config, "f", [], {}, {})
     assert dataset["source"]["ecg_dir"] == str(ecg_dir)
     context = SimpleNamespace(
         dataset=SimpleNamespace(info=dataset),

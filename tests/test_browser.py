@@ -8,42 +8,19 @@ saved under the test's tmp_path.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _app_run import labs_csv, make_runs, write_wfdb
+from _app_run import free_port, labs_csv, make_runs, wait_healthy, write_wfdb
 
 pytestmark = pytest.mark.browser
 
 CHROMIUM = Path("/usr/bin/chromium")
 K = 10
-WAIT_MS = 90_000  # the first query loads torch and the model on a shared 2-core CPU
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_healthy(url: str, server: subprocess.Popen, timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"streamlit exited with {server.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.read().strip() == b"ok":
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url}/_stcore/health did not answer ok within {timeout_s} s")
+WAIT_MS = 90_000  # a shared 2-core CPU under load
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +39,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stderr=subprocess.STDOUT,
     )
     try:
-        wait_healthy(url, process)
+        # The server loads the run before it answers: minutes on a busy 2-core machine.
+        wait_healthy(url, process, timeout_s=300)
         yield url
     finally:
         process.terminate()
@@ -89,12 +67,12 @@ def browser():
 
 def result_images(page):
     """Rendered result thumbnails: st.image blocks whose caption carries a score."""
-    return page.locator('[data-testid="stImage"]').filter(has_text="score")
+    return page.locator('[data-testid="stImageContainer"]').filter(has_text="score")
 
 
 def wait_for_results(page, count: int) -> None:
     page.wait_for_function(
-        """n => [...document.querySelectorAll('[data-testid="stImage"]')]
+        """n => [...document.querySelectorAll('[data-testid="stImageContainer"]')]
             .filter(e => e.innerText.includes('score'))
             .filter(e => { const img = e.querySelector('img');
                            return img && img.complete && img.naturalWidth > 0; })

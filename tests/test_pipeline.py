@@ -34,6 +34,7 @@ from preprocessing.pipeline import PreprocessConfig, run_preprocess
 from preprocessing.splits import SplitSizes
 
 ITEMIDS = (50912, 50971, 51221, 51222, 51265)  # creatinine, potassium, Hct, Hb, platelets
+TYPICAL = (1.0, 4.2, 40.0, 13.5, 250.0)  # a typical value of each, in the catalogue's units
 T0 = datetime(2180, 1, 1, 8, 0, 0)
 REPO = Path(__file__).resolve().parents[1]
 # What build_root does to admission i (by i % 12) and the reason it must end up with.
@@ -173,7 +174,8 @@ def build_root(directory: Path, n_subjects: int = 24, seed: int = 0, cxr_pixels:
             for k, itemid in enumerate(ITEMIDS):
                 if fate == 8 and k > 1:
                     continue  # some labs missing
-                value = float(np.round(rng.normal(10 * (k + 1), 2), 1))
+                # inside the catalogue's plausible ranges (implausible values are quarantined)
+                value = float(np.round(rng.normal(TYPICAL[k], 0.1 * TYPICAL[k]), 1))
                 text = "ERROR" if fate == 7 and k == 0 else f"{value}"
                 if fate == 7 and k == 0:
                     root.malformed_lab_ids.add(labevent)

@@ -6,7 +6,8 @@ import numpy as np
 import streamlit as st
 
 from app import views
-from app.queries import Query, labs_table
+from app.figures import ecg_png
+from app.queries import Query, labs_table, masked_lab_queries
 from app.uploads import (
     MAX_UPLOAD_MB,
     UploadedEcg,
@@ -15,12 +16,19 @@ from app.uploads import (
     read_ecg_upload,
     read_labs_csv,
 )
+from symile_clinical.embedding import embed_query
 
 
 @st.cache_data(max_entries=8, show_spinner="Reading the ECG record ...")
 def parse_ecg(files: tuple[tuple[str, bytes], ...], normalisation: str) -> UploadedEcg:
     """Parse once per distinct upload: paging or editing labs does not re-read the record."""
     return read_ecg_upload(list(files), normalisation)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def draw_ecg(millivolts: np.ndarray, fs: float) -> bytes:
+    """The uploaded record's ECG image, drawn once per upload."""
+    return ecg_png(millivolts, fs, "mV")
 
 
 def lab_key(spec: dict) -> str:
@@ -82,18 +90,21 @@ values = {int(spec["itemid"]): st.session_state[lab_key(spec)] for spec in conte
 raw, percentiles, observed = lab_inputs(values, context.labs_spec)
 query = Query(ecg=ecg.normalised, labs=percentiles, observed=observed)
 k = views.choose_k(st, len(context.index))
-ranking = views.rank_with(context, query, k, pool=None, true_position=None)
+# One embedding of the upload serves the ranking and the lab masking (its ECG part).
+embedded = embed_query(context.run.model, query.ecg, query.labs, query.observed)
+ranking = views.rank_with(context, query, k, None, None, embeddings=embedded)
 st.subheader(f"Top candidates among {len(context.index)} CXRs")
 views.show_ranking(context, ranking, key="upload", page_size=k)
 if context.comparisons:
     st.subheader("Symile vs CLIP")
     rankings = [ranking] + [views.rank_with(o, query, k, None, None) for o in context.comparisons]
     views.show_side_by_side([context, *context.comparisons], rankings, "upload_compare", k)
-views.show_lab_effects(context, query, ranking, key="upload")
+masked = masked_lab_queries(context.run.model, context.objective, query, embedded[0], context.fill)
+views.show_lab_effects(context, query, masked, ranking, key="upload")
 
 ecg_tab, labs_tab = st.tabs(["12-lead ECG", "Labs"])
 with ecg_tab:
-    views.show_ecg(ecg.millivolts, context.ecg_info["sampling_hz"], "mV")
+    views.show_ecg(draw_ecg(ecg.millivolts, float(context.ecg_info["sampling_hz"])), "mV")
 with labs_tab:
     st.dataframe(
         labs_table(context.labs_spec, percentiles, observed, values=np.nan_to_num(raw)),

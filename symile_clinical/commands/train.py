@@ -80,7 +80,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--compile", action="store_true", default=None, help="torch.compile the training step"
     )
-    parser.add_argument("--projection", choices=("layernorm", "l2"))
+    parser.add_argument("--projection", choices=("layernorm", "l2", "none"))
     parser.add_argument("--embed-dim", type=int)
     parser.add_argument(
         "--freeze-logit-scale", action="store_true", default=None, help="keep the scale at init"

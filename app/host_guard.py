@@ -1,0 +1,119 @@
+"""The app answers only requests addressed to it: a Host header check (DNS rebinding).
+
+A web page the user visits can make its own host name resolve to 127.0.0.1 ("DNS
+rebinding") and then read the app from the user's browser: the request reaches the app,
+but its Host header still names the page's host. Every HTTP and websocket request whose
+Host is not one of the app's own names is refused here, before Streamlit sees it.
+
+The names allowed: the localhost names, the address the server binds (`--host`, unless it
+is a wildcard such as 0.0.0.0, which names no host), and Streamlit's documented
+`server.allowedHosts` option (`symile-clinical app --allow-host NAME` sets it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
+from urllib.parse import urlsplit
+
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+# Bind addresses that mean "every interface": they name no host a browser would use.
+WILDCARD_ADDRESSES = ("", "0.0.0.0", "::")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def allowed_hosts(address: str | None, extra: Iterable[str] = ()) -> tuple[str, ...]:
+    """The host names the app answers to: localhost names, the bind address unless it is a
+    wildcard, and `extra` (lower case, without a trailing dot)."""
+    names = [*LOCAL_HOSTS]
+    if address and address.strip() not in WILDCARD_ADDRESSES:
+        names.append(address)
+    names += [name for name in extra if name and name.strip()]
+    normal = (name.strip().lower().rstrip(".").strip("[]") for name in names)
+    return tuple(dict.fromkeys(normal))
+
+
+def host_name(header: str | None) -> str | None:
+    """The host name of a Host header value ('[::1]:8501' -> '::1'); None when malformed."""
+    if not header:
+        return None
+    try:
+        parts = urlsplit(f"//{header}")
+        _ = parts.port  # a non-numeric or out-of-range port is malformed
+    except ValueError:
+        return None
+    if parts.hostname is None or parts.username or parts.password or parts.path:
+        return None
+    return parts.hostname.lower().rstrip(".")
+
+
+def is_allowed(header: str | None, allowed: Iterable[str]) -> bool:
+    """Whether a Host header names one of `allowed` ('*.example.org' matches subdomains)."""
+    name = host_name(header)
+    if name is None:
+        return False
+    for pattern in allowed:
+        if pattern == "*" or name == pattern:
+            return True
+        if pattern.startswith("*.") and name.endswith(pattern[1:]):
+            return True
+    return False
+
+
+def streamlit_allowed_hosts() -> tuple[str, ...]:
+    """allowed_hosts() for the running Streamlit server's address and server.allowedHosts."""
+    from streamlit import config
+
+    extra = config.get_option("server.allowedHosts") or []
+    return allowed_hosts(config.get_option("server.address"), extra)
+
+
+class HostGuard:
+    """ASGI middleware: a request whose Host is not allowed gets 403 (HTTP) or is closed
+    before the handshake completes (websocket), and reaches nothing behind it.
+
+    allowed: the host names; None reads them from Streamlit's config at the first request
+    (the config is loaded by then, flags included).
+    """
+
+    def __init__(self, app: ASGIApp, allowed: Iterable[str] | None = None) -> None:
+        self.app = app
+        self._allowed = tuple(allowed) if allowed is not None else None
+
+    @property
+    def allowed(self) -> tuple[str, ...]:
+        """The host names this guard lets through."""
+        if self._allowed is None:
+            self._allowed = streamlit_allowed_hosts()
+        return self._allowed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        host = headers.get(b"host", b"").decode("latin-1") or None
+        if is_allowed(host, self.allowed):
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            # Closing before accepting makes the server answer the handshake with 403.
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        body = b"Host not allowed: this app answers only requests addressed to it.\n"
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 403,
+                "headers": [
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})

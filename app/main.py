@@ -1,0 +1,28 @@
+"""The Streamlit script the server runs for each session: the navigation between the pages.
+
+Pages: query by admission, query by upload, the run's evaluation report. The server itself
+(warm start, Host check) is `app/streamlit_app.py`.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# `streamlit run` puts app/ first on sys.path; the project root must be importable too.
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+st.set_page_config(page_title="Symile clinical retrieval", page_icon="🫀", layout="wide")
+PAGES = Path(__file__).resolve().parent / "app_pages"
+navigation = st.navigation(
+    [
+        st.Page(PAGES / "by_admission.py", title="Query by admission", default=True),
+        st.Page(PAGES / "by_upload.py", title="Query by upload"),
+        st.Page(PAGES / "report.py", title="Evaluation report"),
+    ]
+)
+navigation.run()

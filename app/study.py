@@ -1,0 +1,191 @@
+"""`symile-clinical study`: the joint-fraction experiment end to end, Symile against CLIP.
+
+For each joint fraction F and cohort seed, a synthetic cohort is generated and preprocessed
+(OUT/cohorts/F<F>_c<seed>/mimic, .../dataset) through the public entry points of
+`preprocessing.synth` and `preprocessing.pipeline`; then each objective is trained with its
+own recipe (a preset of symile_clinical.config) for every training seed, and its best
+checkpoint (chosen on val by the trainer) is measured once on the test split
+(symile_clinical.study.run_cell). The report (OUT/report/) gives the mean test top-1 per
+(F, objective) with a CI over runs, the paired Symile - CLIP difference per F, the labs'
+gain per objective and a plot of accuracy against F.
+
+It lives in app/ (like app/demo.py) because it generates cohorts, and symile_clinical may
+not import preprocessing. Resumable: a cohort whose dataset is complete and a cell whose
+study_result.json exists are reused; a killed training resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from symile_clinical.cli import int_at_least
+from symile_clinical.dataset_dir import DatasetDir
+
+log = logging.getLogger(__name__)
+
+# Each objective's recipe: a preset name of symile_clinical.config (chosen on validation by
+# benchmarks/recipe_search.py; docs/diagnosis.md).
+DEFAULT_RECIPES = {"symile": "demo-fast", "clip": "demo-fast-clip"}
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """The study's size; defaults are the documented study, `quick()` a check-sized one."""
+
+    out: Path = Path("study")
+    admissions: int = 2000
+    fractions: tuple[float, ...] = (0.0, 0.5, 1.0)
+    cohort_seeds: tuple[int, ...] = (0, 1)
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    recipes: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_RECIPES))
+    jobs: int = 2
+    max_steps: int | None = None  # None: the recipes' own length
+    cxr_max_size: int = 256
+    cxr_size: int = 64
+    progress: bool = True
+
+    @classmethod
+    def quick(cls, out: Path, **changes: Any) -> StudyConfig:
+        """A tiny study for checks: 2 fractions, 1 cohort, 2 seeds, a few steps."""
+        values: dict[str, Any] = {
+            "out": out,
+            "admissions": 300,
+            "fractions": (0.0, 1.0),
+            "cohort_seeds": (0,),
+            "seeds": (0, 1),
+            "max_steps": 2,
+        }
+        return cls(**{**values, **changes})
+
+
+def cohort_dir(config: StudyConfig, fraction: float, cohort_seed: int) -> Path:
+    """OUT/cohorts/F<F>_c<seed>."""
+    return Path(config.out) / "cohorts" / f"F{fraction:g}_c{cohort_seed}"
+
+
+def ensure_cohort(config: StudyConfig, fraction: float, cohort_seed: int) -> DatasetDir:
+    """Generate and preprocess one cohort unless its dataset is already complete."""
+    from preprocessing.pipeline import PreprocessConfig, run_preprocess
+    from preprocessing.synth.config import SynthConfig
+    from preprocessing.synth.generate import generate_cohort
+
+    folder = cohort_dir(config, fraction, cohort_seed)
+    dataset = DatasetDir(folder / "dataset")
+    if dataset.is_complete():
+        return dataset
+    # A cohort left half-made by a killed study is made again from scratch.
+    shutil.rmtree(folder, ignore_errors=True)
+    log.info("study: cohort F=%g seed %d ...", fraction, cohort_seed)
+    generate_cohort(
+        SynthConfig(
+            out=folder / "mimic",
+            admissions=config.admissions,
+            seed=cohort_seed,
+            joint_fraction=fraction,
+            workers=max(1, config.jobs),
+            cxr_max_size=config.cxr_max_size,
+            progress=False,
+        )
+    )
+    run_preprocess(
+        PreprocessConfig(
+            mimic_root=folder / "mimic",
+            out=dataset.path,
+            workers=max(1, config.jobs),
+            cxr_size=config.cxr_size,
+            seed=cohort_seed,
+            progress=False,
+        )
+    )
+    return dataset
+
+
+def run_study(config: StudyConfig, command: str = "symile-clinical study") -> dict[str, Any]:
+    """Cohorts, every cell, the report; returns {"summary", "files", "results"}."""
+    from symile_clinical.study import StudyCell, run_cells, summarise_study, write_study_report
+
+    cells = []
+    for fraction in config.fractions:
+        for cohort_seed in config.cohort_seeds:
+            dataset = ensure_cohort(config, fraction, cohort_seed)
+            for objective, recipe in config.recipes.items():
+                for seed in config.seeds:
+                    cell = StudyCell(fraction, cohort_seed, objective, recipe, seed)
+                    cells.append((cell, dataset.path))
+    results = run_cells(
+        cells, Path(config.out) / "runs", config.jobs, config.max_steps, config.progress
+    )
+    summary = summarise_study(results)
+    files = write_study_report(config.out, summary, command)
+    log.info("study: report in %s", files["markdown"])
+    return {"summary": summary, "files": files, "results": results}
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list") from error
+    if any(not 0.0 <= v <= 1.0 for v in values):
+        raise argparse.ArgumentTypeError(f"joint fractions must be in [0, 1], got {text!r}")
+    return values
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `study` subcommand."""
+    parser = subparsers.add_parser(
+        "study",
+        help="Symile vs CLIP across joint fractions: cohorts, multi-seed training, report",
+        description=(
+            "Generate synthetic cohorts at each joint fraction (several cohort seeds), train "
+            "Symile and CLIP with their own recipes for several seeds, measure each once on "
+            "the test split, and write OUT/report/ (markdown, HTML, PNG). Resumable."
+        ),
+    )
+    parser.add_argument("--out", type=Path, default=Path("study"), help="output folder")
+    parser.add_argument("--quick", action="store_true", help="a tiny study, for checks")
+    parser.add_argument("--admissions", type=int_at_least(20), default=None)
+    parser.add_argument("--fractions", type=_floats, default=None, help="e.g. 0,0.5,1")
+    parser.add_argument("--cohort-seeds", type=int_at_least(1), default=None, help="how many")
+    parser.add_argument("--seeds", type=int_at_least(1), default=None, help="training seeds")
+    parser.add_argument("--jobs", type=int_at_least(1), default=2, help="parallel trainings")
+    parser.add_argument("--max-steps", type=int_at_least(1), default=None)
+    for objective, preset in DEFAULT_RECIPES.items():
+        parser.add_argument(
+            f"--{objective}-recipe",
+            default=preset,
+            help=f"preset name or TOML file for {objective} (default {preset})",
+        )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(run=run_study_command)
+
+
+def run_study_command(args: argparse.Namespace) -> int:
+    """Build the StudyConfig from the arguments and run the study; exit status 0."""
+    changes: dict[str, Any] = {
+        "jobs": args.jobs,
+        "progress": not args.no_progress,
+        "recipes": {"symile": args.symile_recipe, "clip": args.clip_recipe},
+    }
+    if args.admissions is not None:
+        changes["admissions"] = args.admissions
+    if args.fractions is not None:
+        changes["fractions"] = args.fractions
+    if args.cohort_seeds is not None:
+        changes["cohort_seeds"] = tuple(range(args.cohort_seeds))
+    if args.seeds is not None:
+        changes["seeds"] = tuple(range(args.seeds))
+    if args.max_steps is not None:
+        changes["max_steps"] = args.max_steps
+    if args.quick:
+        config = StudyConfig.quick(args.out, **changes)
+    else:
+        config = StudyConfig(out=args.out, **changes)
+    run_study(config, command="symile-clinical " + " ".join(sys.argv[1:]))
+    return 0

@@ -1,0 +1,460 @@
+"""The joint-fraction study's measurements: what a trained run scores, and how it uses the labs.
+
+Pure model-and-dataset measures, no MIMIC and no synthetic truth (app/study.py makes the
+cohorts; benchmarks/recipe_search.py adds probes against the synthetic truth):
+
+- `measure_split`: top-1 among the K candidates with the full query, with every lab masked
+  (an ECG-only query) and with the labs embeddings shuffled across the split's admissions
+  (each query keeps its ECG but gets another admission's labs), per query so that seeds and
+  objectives can be paired;
+- `embedding_spread`: per modality, the mean cosine between different rows and the
+  effective rank, which show a collapsed modality (all rows alike, or a few directions);
+- `logit_scale_trajectory`: exp(logit scale) by step from a run's metrics log.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from symile_clinical.dataset_dir import DatasetDir
+from symile_clinical.embedding import SplitEmbeddings, embed_masked_labs, embed_split
+from symile_clinical.errors import SymileClinicalError
+from symile_clinical.retrieval import rank_queries, top1_correct
+from symile_clinical.runs import RunDir
+
+log = logging.getLogger(__name__)
+
+
+class StudyError(SymileClinicalError):
+    """A study folder that cannot be resumed as asked; names the file and the reason."""
+
+
+@dataclass
+class SplitMeasures:
+    """Per-query top-1 hits (float64 [Q] of 0/1) of one run on one split."""
+
+    full: np.ndarray
+    ecg_only: np.ndarray
+    labs_shuffled: np.ndarray
+
+    def summary(self) -> dict[str, float]:
+        """Means: top-1 full, ECG-only, labs shuffled; the labs' gain (full - ECG-only)."""
+        return {
+            "top1": float(self.full.mean()),
+            "ecg_only_top1": float(self.ecg_only.mean()),
+            "labs_shuffled_top1": float(self.labs_shuffled.mean()),
+            "labs_gain": float(self.full.mean() - self.ecg_only.mean()),
+        }
+
+
+def split_embeddings(
+    run: RunDir, dataset: DatasetDir, split: str, checkpoint: str = "best"
+) -> tuple[SplitEmbeddings, np.ndarray, str]:
+    """(embeddings of every row of `split`, the ECG-only labs embedding [d], objective)."""
+    loaded = run.load(checkpoint)
+    embeddings = embed_split(loaded.model, dataset.split(split), "cpu", 128)
+    masked = embed_masked_labs(loaded.model, dataset.fill_values)
+    return embeddings, masked, loaded.objective
+
+
+def measure_embeddings(
+    embeddings: SplitEmbeddings,
+    masked_labs: np.ndarray,
+    objective: str,
+    dataset: DatasetDir,
+    split: str,
+    seed: int = 0,
+) -> SplitMeasures:
+    """Top-1 per query with the full query, ECG-only, and labs shuffled across admissions
+    (a seeded permutation of the split's rows: np.random.default_rng([seed, 3]))."""
+    sets = dataset.candidates(split)
+    n = embeddings.ecg.shape[0]
+    shuffled = embeddings.labs[np.random.default_rng([seed, 3]).permutation(n)]
+    masked = np.broadcast_to(masked_labs, embeddings.labs.shape)
+    hits = []
+    for labs in (embeddings.labs, masked, shuffled):
+        ranks = rank_queries(objective, embeddings.ecg, labs, embeddings.cxr, sets, seed)
+        hits.append(top1_correct(ranks.candidate_ranks))
+    return SplitMeasures(*hits)
+
+
+def effective_rank(x: np.ndarray) -> float:
+    """exp(entropy) of the normalised singular values of the centred rows [N, d]."""
+    s = np.linalg.svd(x - x.mean(axis=0), compute_uv=False)
+    p = s / max(float(s.sum()), 1e-12)
+    p = p[p > 0]
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def mean_cosine(x: np.ndarray) -> float:
+    """Mean cosine similarity between different rows of [N, d] (1: collapsed to one point)."""
+    unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    n = len(unit)
+    total = unit.sum(axis=0)
+    return float((total @ total - n) / max(n * (n - 1), 1))
+
+
+def embedding_spread(embeddings: SplitEmbeddings) -> dict[str, dict[str, float]]:
+    """Per modality: mean cosine between rows, effective rank, and mean norm."""
+    return {
+        name: {
+            "mean_cosine": mean_cosine(x),
+            "effective_rank": effective_rank(x),
+            "mean_norm": float(np.linalg.norm(x, axis=1).mean()),
+        }
+        for name, x in (("ecg", embeddings.ecg), ("labs", embeddings.labs), ("cxr", embeddings.cxr))
+    }
+
+
+def logit_scale_trajectory(run: RunDir) -> list[tuple[int, float]]:
+    """(step, exp(logit scale)) of every train event in the run's metrics log."""
+    if not run.metrics_log.exists():
+        return []
+    points = []
+    for line in run.metrics_log.read_text().splitlines():
+        if line.strip():
+            event = json.loads(line)
+            if event.get("event") == "train":
+                points.append((int(event["step"]), float(event["logit_scale"])))
+    return points
+
+
+def run_summary(run: RunDir) -> dict[str, Any]:
+    """The end event of a run's metrics log (best val accuracy, epochs), or {}."""
+    if not run.metrics_log.exists():
+        return {}
+    ends = [
+        json.loads(line)
+        for line in run.metrics_log.read_text().splitlines()
+        if line.strip() and '"end"' in line
+    ]
+    return ends[-1] if ends else {}
+
+
+# ----------------------------------------------------------------------------- the study
+
+
+@dataclass(frozen=True)
+class StudyCell:
+    """One training run of the study: a cohort (joint fraction, cohort seed), an objective
+    with its recipe (a preset name), and a training seed."""
+
+    joint_fraction: float
+    cohort_seed: int
+    objective: str
+    recipe: str
+    seed: int
+
+    @property
+    def key(self) -> str:
+        """Folder name of the cell under OUT/runs/."""
+        return f"F{self.joint_fraction:g}_c{self.cohort_seed}/{self.objective}/s{self.seed}"
+
+
+def cell_config(cell: StudyCell, max_steps: int | None = None) -> Any:
+    """The TrainConfig of a cell: its recipe with the cell's objective and seed, on CPU."""
+    import dataclasses as dc
+
+    from symile_clinical.config import load_config
+
+    config = load_config(cell.recipe)
+    changes: dict[str, Any] = {"objective": cell.objective, "seed": cell.seed, "device": "cpu"}
+    if max_steps is not None:
+        changes["max_steps"] = max_steps
+    return dc.replace(config, **changes)
+
+
+def run_cell(
+    cell: StudyCell, dataset: str | Path, runs_root: str | Path, max_steps: int | None = None
+) -> dict[str, Any]:
+    """Train a cell (resuming a killed run) and measure its best checkpoint on the TEST split,
+    once; the result (with per-query hits) is RUN/study_result.json. A finished cell is read
+    back. Runs with one torch thread: the study runs cells side by side instead."""
+    import torch
+
+    from symile_clinical.atomic import write_json_atomic
+    from symile_clinical.config import config_to_dict
+    from symile_clinical.train import train
+
+    torch.set_num_threads(1)
+    run = RunDir(Path(runs_root) / cell.key)
+    result_path = run.path / "study_result.json"
+    config = cell_config(cell, max_steps)
+    if result_path.exists():
+        result = json.loads(result_path.read_text())
+        if result.get("config") != config_to_dict(config):
+            raise StudyError(
+                result_path, "was measured with another recipe; use a new --out for this one"
+            )
+        return result
+    data = DatasetDir(dataset)
+    if not run_summary(run):
+        train(config, data, run, resume=run.has_checkpoint(), progress=False)
+    embeddings, masked, objective = split_embeddings(run, data, "test")
+    measures = measure_embeddings(embeddings, masked, objective, data, "test", cell.seed)
+    result = {
+        **dataclasses.asdict(cell),
+        **measures.summary(),
+        "config": config_to_dict(config),
+        "best_val_acc": run_summary(run).get("best_val_acc"),
+        "n_test_queries": int(measures.full.shape[0]),
+        "hits": {
+            "full": measures.full.astype(int).tolist(),
+            "ecg_only": measures.ecg_only.astype(int).tolist(),
+            "labs_shuffled": measures.labs_shuffled.astype(int).tolist(),
+        },
+    }
+    write_json_atomic(result_path, result)
+    return result
+
+
+def mean_ci(values: Sequence[float], confidence: float = 0.95) -> dict[str, float]:
+    """Mean with a Student-t CI over independent runs (seeds); n = 1 gives a NaN interval."""
+    from scipy import stats
+
+    x = np.asarray(values, dtype=float)
+    n = len(x)
+    mean = float(x.mean()) if n else float("nan")
+    if n < 2:
+        return {"mean": mean, "ci_low": float("nan"), "ci_high": float("nan"), "n": n}
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * x.std(ddof=1) / np.sqrt(n))
+    return {"mean": mean, "ci_low": mean - half, "ci_high": mean + half, "n": n}
+
+
+def summarise_study(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per (F, objective): mean test top-1 and labs' gain with CIs over runs; per F the
+    Symile - CLIP difference paired by (cohort seed, training seed); the query-level CI
+    half-width of one run's top-1 (binomial, at the observed accuracy)."""
+    fractions = sorted({r["joint_fraction"] for r in results})
+    objectives = [o for o in ("symile", "clip") if any(r["objective"] == o for r in results)]
+    cells: dict[str, Any] = {}
+    for f in fractions:
+        for objective in objectives:
+            rows = [r for r in results if r["joint_fraction"] == f and r["objective"] == objective]
+            if not rows:
+                continue
+            top1 = [r["top1"] for r in rows]
+            n_queries = int(np.mean([r["n_test_queries"] for r in rows]))
+            p = float(np.mean(top1))
+            cells[f"{f:g}/{objective}"] = {
+                "joint_fraction": f,
+                "objective": objective,
+                "recipe": rows[0]["recipe"],
+                "top1": mean_ci(top1),
+                "ecg_only_top1": mean_ci([r["ecg_only_top1"] for r in rows]),
+                "labs_shuffled_top1": mean_ci([r["labs_shuffled_top1"] for r in rows]),
+                "labs_gain": mean_ci([r["labs_gain"] for r in rows]),
+                "n_test_queries": n_queries,
+                "one_run_ci_half_width": float(1.96 * np.sqrt(p * (1 - p) / max(n_queries, 1))),
+            }
+    differences = {}
+    for f in fractions:
+        by_key = {
+            (r["cohort_seed"], r["seed"], r["objective"]): r["top1"]
+            for r in results
+            if r["joint_fraction"] == f
+        }
+        paired = [
+            value - by_key[(c, s, "clip")]
+            for (c, s, objective), value in by_key.items()
+            if objective == "symile" and (c, s, "clip") in by_key
+        ]
+        if paired:
+            differences[f"{f:g}"] = mean_ci(paired)
+    return {
+        "fractions": fractions,
+        "objectives": objectives,
+        "cells": cells,
+        "symile_minus_clip": differences,
+        "n_runs": len(results),
+    }
+
+
+def _pct(estimate: dict[str, float]) -> str:
+    if np.isnan(estimate["ci_low"]):
+        return f"{100 * estimate['mean']:.1f}"
+    return (
+        f"{100 * estimate['mean']:.1f} [{100 * estimate['ci_low']:.1f}, "
+        f"{100 * estimate['ci_high']:.1f}]"
+    )
+
+
+def _signed(estimate: dict[str, float]) -> str:
+    if np.isnan(estimate["ci_low"]):
+        return f"{100 * estimate['mean']:+.1f}"
+    return (
+        f"{100 * estimate['mean']:+.1f} [{100 * estimate['ci_low']:+.1f}, "
+        f"{100 * estimate['ci_high']:+.1f}]"
+    )
+
+
+def report_tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) of the report's tables, shared by the markdown and HTML."""
+    cells = summary["cells"]
+    main = [
+        [
+            f"{c['joint_fraction']:g}",
+            c["objective"],
+            c["recipe"],
+            _pct(c["top1"]),
+            _pct(c["ecg_only_top1"]),
+            _pct(c["labs_shuffled_top1"]),
+            _signed(c["labs_gain"]),
+            str(c["top1"]["n"]),
+            str(c["n_test_queries"]),
+            f"+-{100 * c['one_run_ci_half_width']:.1f}",
+        ]
+        for c in cells.values()
+    ]
+    diffs = [
+        [
+            f,
+            _signed(d),
+            str(d["n"]),
+            "yes" if not np.isnan(d["ci_low"]) and d["ci_low"] > 0 else "no",
+        ]
+        for f, d in summary["symile_minus_clip"].items()
+    ]
+    return [
+        (
+            "Test top-1 per joint fraction and objective (mean over runs, 95% t-CI over runs; %)",
+            [
+                "F",
+                "objective",
+                "recipe",
+                "top-1",
+                "ECG-only top-1",
+                "labs shuffled top-1",
+                "labs' gain",
+                "runs",
+                "test queries/run",
+                "one run's CI",
+            ],
+            main,
+        ),
+        (
+            "Symile - CLIP, paired by (cohort seed, training seed) (points, 95% t-CI)",
+            ["F", "Symile - CLIP", "pairs", "CI above 0"],
+            diffs,
+        ),
+    ]
+
+
+def plot_accuracy_vs_fraction(summary: dict[str, Any]) -> bytes:
+    """PNG: mean test top-1 against the joint fraction, per objective, with CI error bars."""
+    from matplotlib.figure import Figure
+
+    from symile_clinical.report import figure_to_png
+
+    figure = Figure(figsize=(5.5, 3.8))
+    axes = figure.add_subplot()
+    for offset, objective in zip((-0.015, 0.015), summary["objectives"], strict=False):
+        rows = [c for c in summary["cells"].values() if c["objective"] == objective]
+        x = np.array([c["joint_fraction"] for c in rows]) + offset
+        y = np.array([100 * c["top1"]["mean"] for c in rows])
+        low = np.array([100 * c["top1"]["ci_low"] for c in rows])
+        high = np.array([100 * c["top1"]["ci_high"] for c in rows])
+        err = np.nan_to_num(np.vstack([y - low, high - y]))
+        axes.errorbar(x, y, yerr=err, marker="o", capsize=4, label=objective)
+    axes.set_xticks(summary["fractions"])
+    axes.set_xlim(-0.1, 1.1)
+    axes.axhline(10, color="grey", linestyle=":", label="chance (1/10)")
+    axes.set_xlabel("joint fraction F (share of XOR markers)")
+    axes.set_ylabel("test top-1 (%)")
+    axes.set_title("CXR retrieval from ECG + labs, synthetic cohorts")
+    axes.legend()
+    return figure_to_png(figure)
+
+
+def write_study_report(out: str | Path, summary: dict[str, Any], command: str) -> dict[str, Path]:
+    """OUT/report/: summary.json, report.md, report.html (PNG inlined), accuracy_vs_F.png."""
+    import base64
+    import html
+
+    from symile_clinical.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
+
+    folder = Path(out) / "report"
+    png = plot_accuracy_vs_fraction(summary)
+    tables = report_tables(summary)
+    lines = [
+        "# Symile vs CLIP on synthetic cohorts by joint fraction",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"{summary['n_runs']} runs.",
+        "",
+    ]
+    for title, header, rows in tables:
+        lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        lines.append("")
+    lines += ["![accuracy vs F](accuracy_vs_F.png)", ""]
+    parts = [
+        "<!doctype html><meta charset='utf-8'><title>Symile vs CLIP study</title>",
+        "<h1>Symile vs CLIP on synthetic cohorts by joint fraction</h1>",
+        f"<p>Command: <code>{html.escape(command)}</code>; {summary['n_runs']} runs.</p>",
+    ]
+    for title, header, rows in tables:
+        parts.append(f"<h2>{html.escape(title)}</h2><table border='1' cellpadding='4'>")
+        parts.append("<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
+        parts += [
+            "<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>" for row in rows
+        ]
+        parts.append("</table>")
+    parts.append(
+        f"<img alt='accuracy vs F' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
+    )
+    files = {
+        "summary": write_json_atomic(folder / "summary.json", summary),
+        "markdown": write_text_atomic(folder / "report.md", "\n".join(lines)),
+        "html": write_text_atomic(folder / "report.html", "\n".join(parts) + "\n"),
+        "png": write_bytes_atomic(folder / "accuracy_vs_F.png", png),
+    }
+    return files
+
+
+def run_cells(
+    cells: Sequence[tuple[StudyCell, Path]],
+    runs_root: Path,
+    jobs: int,
+    max_steps: int | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Run every (cell, dataset) in `jobs` spawned processes (1 torch thread each), with a
+    tqdm bar; finished cells are read back, so a killed study resumes where it stopped."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from tqdm import tqdm
+
+    results = []
+    bar = tqdm(total=len(cells), desc="study", unit="run", disable=not progress)
+    if jobs <= 1:
+        for cell, dataset in cells:
+            results.append(run_cell(cell, dataset, runs_root, max_steps))
+            bar.update(1)
+    else:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+            futures = [pool.submit(run_cell, c, d, runs_root, max_steps) for c, d in cells]
+            for future in as_completed(futures):
+                results.append(future.result())
+                bar.update(1)
+    bar.close()
+    order = {cell.key: i for i, (cell, _) in enumerate(cells)}
+    return sorted(
+        results,
+        key=lambda r: order[
+            StudyCell(
+                r["joint_fraction"], r["cohort_seed"], r["objective"], r["recipe"], r["seed"]
+            ).key
+        ],
+    )

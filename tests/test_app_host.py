@@ -1,0 +1,167 @@
+"""The app answers only its own host (DNS rebinding), however it is started: real server
+processes, real HTTP and websocket requests carrying a foreign Host header.
+
+Also: every documented way of starting it binds 127.0.0.1 and applies the 25 MB upload
+limit, and the server has loaded the run before it answers its health check.
+"""
+
+from __future__ import annotations
+
+import http.client
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from _app_run import (
+    StreamlitSession,
+    free_port,
+    make_runs,
+    result_captions,
+    start_server,
+    stop_server,
+    wait_healthy,
+)
+
+from app.host_guard import allowed_hosts, host_name, is_allowed
+
+ROOT = Path(__file__).resolve().parents[1]
+FOREIGN = "evil.example"
+
+
+def get(port: int, path: str, host: str) -> int:
+    """Status of GET path on 127.0.0.1:port sent with the Host header `host`."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.putrequest("GET", path, skip_host=True)
+        connection.putheader("Host", host)
+        connection.endheaders()
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def listening_addresses(port: int) -> set[str]:
+    """Local IPv4 addresses with a socket listening on `port` (from /proc/net/tcp)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        address, port_hex = fields[1].split(":")
+        if fields[3] == "0A" and int(port_hex, 16) == port:  # 0A = LISTEN
+            found.add(".".join(str(int(address[i : i + 2], 16)) for i in (6, 4, 2, 0)))
+    return found
+
+
+def websocket_refused(url: str, host: str) -> bool:
+    """Whether the websocket handshake to /_stcore/stream with this Host is refused."""
+    from websockets.exceptions import InvalidStatus
+
+    try:
+        StreamlitSession(url, host=host, timeout_s=30).close()
+    except InvalidStatus as error:
+        return error.response.status_code == 403
+    return False
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_runs(tmp_path_factory.mktemp("host"))[1]
+
+
+def serve(command: list[str], port: int, log: Path, cwd: Path | None = None) -> Iterator[str]:
+    process = start_server(command, log, cwd=cwd)
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", process)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_server(process)
+
+
+@pytest.fixture(scope="module")
+def app_command(run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
+    """`symile-clinical app --run RUN --port P --allow-host app.example.org`."""
+    port = free_port()
+    command = [sys.executable, "-m", "symile_clinical", "app", "--run", str(run)]
+    command += ["--port", str(port), "--allow-host", "app.example.org"]
+    log = tmp_path_factory.mktemp("app") / "server.log"
+    yield from ((url, port, log) for url in serve(command, port, log))
+
+
+@pytest.fixture(scope="module")
+def streamlit_run(run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
+    """The README's other way: `streamlit run app/streamlit_app.py -- --run RUN`, with no
+    option but the port, from another folder (no project .streamlit/ there)."""
+    port = free_port()
+    entry = ROOT / "app" / "streamlit_app.py"
+    command = [sys.executable, "-m", "streamlit", "run", str(entry), "--server.port", str(port)]
+    command += ["--", "--run", str(run)]
+    cwd = tmp_path_factory.mktemp("elsewhere")
+    yield from ((url, port, None) for url in serve(command, port, cwd / "server.log", cwd))
+
+
+@pytest.fixture(params=["app_command", "streamlit_run"])
+def server(request: pytest.FixtureRequest) -> tuple[str, int]:
+    url, port, _ = request.getfixturevalue(request.param)
+    return url, port
+
+
+def test_a_foreign_host_is_refused_over_http(server: tuple[str, int]) -> None:
+    _, port = server
+    for path in ("/", "/_stcore/health", "/_stcore/host-config", "/media/anything.png"):
+        assert get(port, path, f"{FOREIGN}:{port}") == 403, path
+        assert get(port, path, FOREIGN) == 403, path
+    assert get(port, "/", f"127.0.0.1.{FOREIGN}:{port}") == 403
+    for own in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"):
+        assert get(port, "/", own) == 200, own
+
+
+def test_a_foreign_host_is_refused_over_the_websocket(server: tuple[str, int]) -> None:
+    url, port = server
+    assert websocket_refused(url, f"{FOREIGN}:{port}")
+    session = StreamlitSession(url, host=f"localhost:{port}")
+    try:
+        assert len(result_captions(session.rerun())) == 4  # the factory's 4 candidates
+    finally:
+        session.close()
+
+
+def test_every_way_of_starting_binds_localhost_with_the_upload_limit(
+    server: tuple[str, int],
+) -> None:
+    url, port = server
+    assert listening_addresses(port) == {"127.0.0.1"}
+    session = StreamlitSession(url)
+    try:
+        elements = session.rerun(page="by_upload")
+    finally:
+        session.close()
+    limits = {e.file_uploader.max_upload_size_mb for e in elements if e.HasField("file_uploader")}
+    assert limits == {25}
+
+
+def test_allow_host_adds_a_name(app_command: tuple) -> None:
+    _, port, _ = app_command
+    assert get(port, "/", f"app.example.org:{port}") == 200
+    assert get(port, "/", f"other.example.org:{port}") == 403
+
+
+def test_the_run_is_loaded_before_the_server_answers(app_command: tuple) -> None:
+    _, _, log = app_command
+    assert "model, 24 candidates and thumbnails loaded" in log.read_text()
+
+
+def test_allowed_names_and_header_parsing() -> None:
+    assert allowed_hosts("127.0.0.1") == ("localhost", "127.0.0.1", "::1")
+    assert allowed_hosts("0.0.0.0", ["Ward.Example."]) == (
+        "localhost",
+        "127.0.0.1",
+        "::1",
+        "ward.example",
+    )
+    assert "10.0.0.5" in allowed_hosts("10.0.0.5")
+    assert host_name("[::1]:8501") == "::1" and host_name("LocalHost.:80") == "localhost"
+    for bad in (None, "", "a:b:c", "user@localhost", "localhost/x", "localhost:99999"):
+        assert host_name(bad) is None, bad
+        assert not is_allowed(bad, ["localhost"])
+    assert is_allowed("a.ward.example:1", ["*.ward.example"])
+    assert not is_allowed("ward.example.evil:1", ["*.ward.example"])

@@ -1,0 +1,146 @@
+"""`symile-clinical study`: a quick study end to end on tiny real cohorts, resumed, reported."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.study import StudyConfig, cohort_dir, run_study
+from symile_clinical.cli import main
+from symile_clinical.study import StudyCell, StudyError, mean_ci, summarise_study
+
+# Small encoders so that each of the study's trainings takes seconds on a CPU.
+TINY_RECIPE = """\
+preset = "demo"
+batch_size = 16
+epochs = 1
+warmup_steps = 1
+[model]
+embed_dim = 16
+ecg_channels = [4, 8]
+ecg_blocks = [1, 1]
+ecg_stem_stride = 8
+labs_hidden = [16]
+cxr_arch = "resnet_tiny"
+"""
+
+
+@pytest.fixture(scope="module")
+def quick_study(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One quick study (2 fractions x 1 cohort x 2 objectives x 2 seeds) over tiny cohorts."""
+    root = tmp_path_factory.mktemp("study")
+    recipe = root / "tiny.toml"
+    recipe.write_text(TINY_RECIPE)
+    config = StudyConfig.quick(
+        root / "out",
+        admissions=200,
+        recipes={"symile": str(recipe), "clip": str(recipe)},
+        jobs=1,
+        max_steps=2,
+        progress=False,
+    )
+    return {"config": config, **run_study(config)}
+
+
+def test_quick_study_writes_every_cell_and_the_report(quick_study: dict) -> None:
+    config, summary, files = quick_study["config"], quick_study["summary"], quick_study["files"]
+    assert summary["n_runs"] == 2 * 1 * 2 * 2
+    assert set(summary["cells"]) == {"0/symile", "0/clip", "1/symile", "1/clip"}
+    for name in ("summary", "markdown", "html", "png"):
+        assert files[name].exists() and files[name].stat().st_size > 0
+    assert files["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    markdown = files["markdown"].read_text()
+    assert "Symile - CLIP" in markdown and "labs' gain" in markdown
+    assert "<table" in files["html"].read_text()
+    for result in quick_study["results"]:
+        hits = result["hits"]
+        n = result["n_test_queries"]
+        assert n > 0 and len(hits["full"]) == len(hits["ecg_only"]) == n
+        assert result["top1"] == pytest.approx(np.mean(hits["full"]))
+        assert result["labs_gain"] == pytest.approx(
+            np.mean(hits["full"]) - np.mean(hits["ecg_only"])
+        )
+    # Each cohort is a real synthesised + preprocessed dataset at its joint fraction.
+    synth = json.loads((cohort_dir(config, 1.0, 0) / "mimic" / "synth.json").read_text())
+    assert synth["config"]["joint_fraction"] == 1.0
+
+
+def test_paired_difference_pairs_by_cohort_and_seed(quick_study: dict) -> None:
+    results = quick_study["results"]
+    top1 = {(r["joint_fraction"], r["objective"], r["seed"]): r["top1"] for r in results}
+    expected = np.mean([top1[(1.0, "symile", s)] - top1[(1.0, "clip", s)] for s in (0, 1)])
+    got = quick_study["summary"]["symile_minus_clip"]["1"]["mean"]
+    assert got == pytest.approx(expected)
+
+
+def test_study_resumes_without_retraining_finished_cells(quick_study: dict) -> None:
+    config = quick_study["config"]
+    runs = Path(config.out) / "runs"
+    kept = runs / StudyCell(0.0, 0, "symile", config.recipes["symile"], 0).key
+    redone = runs / StudyCell(1.0, 0, "clip", config.recipes["clip"], 1).key
+    kept_mtime = (kept / "study_result.json").stat().st_mtime_ns
+    checkpoint_mtime = max(p.stat().st_mtime_ns for p in (redone / "checkpoints").iterdir())
+    (redone / "study_result.json").unlink()
+    (Path(config.out) / "report" / "report.md").unlink()
+
+    again = run_study(config)
+
+    assert (kept / "study_result.json").stat().st_mtime_ns == kept_mtime
+    # The finished training is measured again, not retrained.
+    assert max(p.stat().st_mtime_ns for p in (redone / "checkpoints").iterdir()) == (
+        checkpoint_mtime
+    )
+    assert (redone / "study_result.json").exists()
+    assert again["files"]["markdown"].exists()
+    assert again["summary"] == json.loads(json.dumps(quick_study["summary"]))
+
+
+def test_mean_ci_is_a_t_interval() -> None:
+    estimate = mean_ci([0.1, 0.2, 0.3])
+    assert estimate["mean"] == pytest.approx(0.2)
+    # t(0.975, 2) = 4.303; sd = 0.1; half-width = 4.303 * 0.1 / sqrt(3).
+    assert estimate["ci_high"] - estimate["mean"] == pytest.approx(4.3027 * 0.1 / 3**0.5, 1e-3)
+    assert np.isnan(mean_ci([0.5])["ci_low"])
+
+
+def test_summary_of_hand_made_results() -> None:
+    def row(f: float, objective: str, seed: int, top1: float, ecg_only: float) -> dict:
+        return {
+            "joint_fraction": f,
+            "cohort_seed": 0,
+            "objective": objective,
+            "recipe": "r",
+            "seed": seed,
+            "top1": top1,
+            "ecg_only_top1": ecg_only,
+            "labs_shuffled_top1": ecg_only,
+            "labs_gain": top1 - ecg_only,
+            "n_test_queries": 100,
+        }
+
+    results = [row(1.0, "symile", s, 0.4 + 0.01 * s, 0.2) for s in range(3)]
+    results += [row(1.0, "clip", s, 0.2, 0.2) for s in range(3)]
+    summary = summarise_study(results)
+    assert summary["symile_minus_clip"]["1"]["mean"] == pytest.approx(0.21)
+    assert summary["cells"]["1/symile"]["labs_gain"]["mean"] == pytest.approx(0.21)
+    assert summary["cells"]["1/clip"]["labs_gain"]["mean"] == pytest.approx(0.0)
+
+
+def test_study_command_refuses_a_bad_fraction(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["study", "--fractions", "0,2"])
+    assert exit_info.value.code == 2
+    assert "joint fractions must be in [0, 1]" in capsys.readouterr().err
+
+
+def test_a_study_folder_refuses_another_recipe(quick_study: dict, tmp_path: Path) -> None:
+    config = quick_study["config"]
+    other = tmp_path / "other.toml"
+    other.write_text(TINY_RECIPE.replace("embed_dim = 16", "embed_dim = 8"))
+    changed = dataclasses.replace(config, recipes={**config.recipes, "symile": str(other)})
+    with pytest.raises(StudyError, match="another recipe"):
+        run_study(changed)
