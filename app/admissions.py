@@ -24,6 +24,7 @@ import torch
 
 from app.figures import ecg_png
 from app.queries import MaskedLabQueries, Query, labs_table, masked_lab_queries
+from app.tables import labs_markdown
 from preprocessing.ecg import load_ecg_record
 from preprocessing.errors import InvalidRecord
 from preprocessing.layout import MimicRoot
@@ -47,8 +48,10 @@ class Admission:
     query: Query
     embeddings: dict[str, tuple[np.ndarray, np.ndarray]]  # run label -> (ecg [d], labs [d])
     true_positions: dict[str, int]  # run label -> index position of the row's own CXR
+    paper_pools: dict[str, np.ndarray | None]  # run label -> RunContext.paper_pool(row)
     masked_labs: MaskedLabQueries  # of the served run, for "what drives the match"
     labs: pd.DataFrame  # queries.labs_table
+    labs_markdown: str  # the same table as the page shows it (app.tables.labs_markdown)
     ecg_image: bytes  # PNG
     ecg_unit: str  # "mV" (read from the ECG release) or "normalised" (the stored tensor)
 
@@ -146,13 +149,16 @@ def build_admission(context: RunContext, row: int) -> Admission:
     ecg_emb, _ = embeddings[context.label]
     masked = masked_lab_queries(context.run.model, context.objective, query, ecg_emb, context.fill)
     signal, unit = admission_ecg(context, row)
+    labs = labs_table(context.labs_spec, query.labs, query.observed)
     return Admission(
         row=row,
         query=query,
         embeddings=embeddings,
         true_positions=true_positions,
+        paper_pools={c.label: c.paper_pool(row) for c in runs},
         masked_labs=masked,
-        labs=labs_table(context.labs_spec, query.labs, query.observed),
+        labs=labs,
+        labs_markdown=labs_markdown(labs),
         ecg_image=ecg_png(signal, float(context.ecg_info["sampling_hz"]), unit),
         ecg_unit=unit,
     )

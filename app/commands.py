@@ -89,19 +89,14 @@ def register_demo(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run_demo_command)
 
 
-def serve(
-    run_dir: Path,
-    host: str = DEFAULT_HOST,
-    port: int = DEFAULT_PORT,
-    allow_hosts: Sequence[str] = (),
-) -> int:
-    """Replace this process with `streamlit run app/streamlit_app.py -- --run RUN`.
+def streamlit_command(
+    run_dir: Path, host: str, port: int, allow_hosts: Sequence[str] = ()
+) -> list[str]:
+    """`python -m streamlit run app/streamlit_app.py FLAGS -- --run RUN`.
 
     The flags repeat app/.streamlit/config.toml (what a bare `streamlit run` gets) with
     this command's address and port; server.allowedHosts lists every name the Host check
     (app.host_guard) lets through, so Streamlit's own websocket check agrees with it.
-    exec rather than a child process: Ctrl-C and SIGTERM reach the server itself, and the
-    memory of whatever ran before (the demo's training) is given back.
     """
     import sys
 
@@ -109,7 +104,7 @@ def serve(
 
     entry = Path(__file__).resolve().parent / "streamlit_app.py"
     hosts = [f"--server.allowedHosts={name}" for name in allowed_hosts(host, allow_hosts)]
-    command = [
+    return [
         sys.executable,
         "-m",
         "streamlit",
@@ -123,11 +118,29 @@ def serve(
         "--client.toolbarMode=viewer",
         # MB; files between the app's own 20 MB limit and this get the app's message.
         "--server.maxUploadSize=25",
+        # No forced full garbage collection after each script run (config.toml says why).
+        "--runner.postScriptGC=false",
         *hosts,
         "--",
         "--run",
         str(Path(run_dir).resolve()),
     ]
+
+
+def serve(
+    run_dir: Path,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    allow_hosts: Sequence[str] = (),
+) -> int:
+    """Replace this process with the server of `streamlit_command`.
+
+    exec rather than a child process: Ctrl-C and SIGTERM reach the server itself, and the
+    memory of whatever ran before (the demo's training) is given back.
+    """
+    import sys
+
+    command = streamlit_command(run_dir, host, port, allow_hosts)
     print(f"symile-clinical app: serving {run_dir} at http://{host}:{port}", flush=True)  # noqa: T201
     sys.stderr.flush()
     os.execv(sys.executable, command)

@@ -148,15 +148,26 @@ def lab_effects(
     columns = ["lab", "percentile", "score_change"]
     if len(masked.observed_idx) == 0:
         return pd.DataFrame(columns=columns)
-    scores = masked.vectors @ np.asarray(candidate_embedding, np.float32)
-    table = pd.DataFrame(
+    changes, order = lab_score_changes(masked, candidate_embedding)
+    shown = order[:top]
+    return pd.DataFrame(
         {
-            "lab": [labels[i] for i in masked.observed_idx],
-            "percentile": np.asarray(query.labs)[masked.observed_idx].astype(float),
-            "score_change": (scores[1:] - scores[0]).astype(float),
-        }
+            "lab": [labels[i] for i in masked.observed_idx[shown]],
+            "percentile": np.asarray(query.labs)[masked.observed_idx[shown]].astype(float),
+            "score_change": changes[shown],
+        },
+        index=shown,
     )
-    return table.reindex(table["score_change"].abs().sort_values(ascending=False).index).head(top)
+
+
+def lab_score_changes(
+    masked: MaskedLabQueries, candidate_embedding: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(change, order): a candidate's score change float64 [n] when each observed lab is
+    masked (masked minus full), and the order of the largest |change| first (stable)."""
+    scores = masked.vectors @ np.asarray(candidate_embedding, np.float32)
+    changes = (scores[1:] - scores[0]).astype(np.float64)
+    return changes, np.argsort(-np.abs(changes), kind="stable")
 
 
 def approximate_value(percentile: float, cdf_values: Sequence[float]) -> float:

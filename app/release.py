@@ -191,7 +191,8 @@ def run_import_release(args: argparse.Namespace) -> int:
 
 def run_compare_cohort(args: argparse.Namespace) -> int:
     """Compare the two cohorts and write the markdown and JSON tables."""
-    from preprocessing.release import SymileMimicRelease, compare_cohort, write_comparison
+    from preprocessing.compare_cohort import compare_cohort, write_comparison
+    from preprocessing.release import SymileMimicRelease
     from symile_clinical.dataset_dir import DatasetDir
 
     dataset = DatasetDir(args.dataset)

@@ -9,8 +9,10 @@ through `symile_clinical.index`: this module names none of their files.
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,10 +33,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RUN_ENV = "SYMILE_CLINICAL_RUN"
-# Thumbnail PNGs are encoded at start-up for indexes up to this size, on demand beyond.
+# Thumbnails are encoded (PNG data: URIs) at start-up for indexes up to this size, on demand beyond.
 EAGER_THUMBNAIL_ROWS = 50_000
-# Admissions prepared in the background after start-up (the rest on first visit).
+# Admissions prepared at start-up (the rest on first visit): before the server reports
+# healthy for up to WARM_BUDGET_S seconds after the run is loaded (the demo's whole test
+# split takes a few), then in the background, so that preparation competes as little as
+# possible with the first visitors' pages.
 PREPARED_ADMISSIONS = 5_000
+WARM_BUDGET_S = 10.0
 
 
 class RunUnavailableError(AppError):
@@ -55,7 +61,7 @@ class RunContext:
     index_rebuilt: bool = False
     comparisons: list[RunContext] = field(default_factory=list)
     # Filled by prepare(): what every session reuses.
-    _thumbnail_pngs: list[bytes] | None = field(default=None, repr=False)
+    _thumbnail_uris: list[str] | None = field(default=None, repr=False)
     _query_embeddings: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
     _admissions: AdmissionCache | None = field(default=None, repr=False)
     _lazy_thumbnail: Any = field(default=None, repr=False)
@@ -69,29 +75,33 @@ class RunContext:
             build_admission,
             embed_split_queries,
         )
-        from app.figures import thumbnail_png
+        from app.figures import thumbnail_data_uri
 
         self.run.model.eval()
         if len(self.index) <= EAGER_THUMBNAIL_ROWS:
-            self._thumbnail_pngs = [thumbnail_png(t) for t in self.index.thumbnails]
+            self._thumbnail_uris = [thumbnail_data_uri(t) for t in self.index.thumbnails]
         else:
             thumbnails = self.index.thumbnails
             self._lazy_thumbnail = functools.lru_cache(maxsize=8192)(
-                lambda position: thumbnail_png(thumbnails[position])
+                lambda position: thumbnail_data_uri(thumbnails[position])
             )
         if len(self.arrays) <= EAGER_EMBEDDING_ROWS:
             self._query_embeddings = embed_split_queries(self, np.arange(len(self.arrays)))
         self._admissions = AdmissionCache(functools.partial(build_admission, self))
+        # What every page run reads, computed now rather than on the first visit.
+        _ = (self.logit_scale, self.subject_ids, self.lab_labels, self.admission_labels)
         for other in self.comparisons:
             other.prepare()
         return self
 
-    def thumbnail_png(self, position: int) -> bytes:
-        """PNG bytes of the thumbnail at an index position."""
+    def thumbnail_uri(self, position: int) -> str:
+        """The thumbnail at an index position as a PNG data: URI (app.figures): the page
+        carries the results' images inline, so showing them costs no media file and no
+        request per image."""
         if self._admissions is None:
             self.prepare()
-        if self._thumbnail_pngs is not None:
-            return self._thumbnail_pngs[position]
+        if self._thumbnail_uris is not None:
+            return self._thumbnail_uris[position]
         return self._lazy_thumbnail(position)
 
     def query_embeddings(self, row: int) -> tuple[np.ndarray, np.ndarray]:
@@ -114,10 +124,30 @@ class RunContext:
         """'symile' or 'clip'."""
         return self.run.objective
 
-    @property
+    # What each page run reads, computed once per loaded run (a new checkpoint is a new
+    # RunContext) rather than per rerun.
+    @functools.cached_property
     def logit_scale(self) -> float:
         """exp of the learned log scale: what softmax probabilities are computed with."""
         return float(self.run.model.logit_scale.detach().exp())
+
+    @functools.cached_property
+    def subject_ids(self) -> list[str]:
+        """subject_id of each index position, as text."""
+        return [str(s) for s in self.index.metadata["subject_id"].to_numpy()]
+
+    @functools.cached_property
+    def lab_labels(self) -> list[str]:
+        """The label of each lab column."""
+        return [str(spec["label"]) for spec in self.labs_spec]
+
+    @functools.cached_property
+    def admission_labels(self) -> list[str]:
+        """'subject S · admission H' of each split row (the admission picker's options)."""
+        return [
+            f"subject {s} · admission {h}"
+            for s, h in zip(self.manifest["subject_id"], self.manifest["hadm_id"], strict=True)
+        ]
 
     @property
     def labs_spec(self) -> list[dict[str, Any]]:
@@ -239,22 +269,37 @@ def served_run(run_dir: Path | str, stamp: tuple[int, ...] | None = None) -> Run
         return context
 
 
-def _prepare_admissions(context: RunContext, rows: range) -> None:
-    """Prepare admissions in a background thread (errors are logged, never raised)."""
-    import time
+# Background preparation waits until no page has started for this long: on 2 cores it
+# would otherwise take CPU and the GIL from the first visitors' pages.
+QUIET_S = 0.3
+_last_page_run = [0.0]  # time.monotonic() of the latest page run's start
 
+
+def note_page_run() -> None:
+    """Record that a session's page run starts now (background work waits for quiet)."""
+    _last_page_run[0] = time.monotonic()
+
+
+def _prepare_admissions(context: RunContext, rows: range) -> None:
+    """Prepare admissions in a background thread while no session is running pages
+    (errors are logged, never raised)."""
+    if not rows:
+        return
+    start = time.perf_counter()
     try:
         for row in rows:
+            while (quiet := time.monotonic() - _last_page_run[0]) < QUIET_S:
+                time.sleep(QUIET_S - quiet)
             context.admission(row)
             time.sleep(0.001)  # yield the GIL to sessions between admissions
     except Exception:
         log.exception("preparing admissions in the background stopped")
+    gc.freeze()  # the prepared admissions too (warm_served_run says why)
+    log.info("%d admissions prepared in %.1f s", len(rows), time.perf_counter() - start)
 
 
 def warm_served_run(run_dir: Path | str) -> RunContext:
     """Load and prepare a run before the server accepts connections; logs what it took."""
-    import time
-
     import torch
 
     # Sessions run queries concurrently in threads: one intra-op thread each keeps 2
@@ -262,20 +307,31 @@ def warm_served_run(run_dir: Path | str) -> RunContext:
     torch.set_num_threads(1)
     start = time.perf_counter()
     context = served_run(run_dir)
-    if len(context.arrays):
-        context.admission(0)  # the page's default admission, ready for the first visitor
+    loaded = time.perf_counter()
+    rows = range(min(len(context.arrays), PREPARED_ADMISSIONS))
+    prepared = 0  # row 0, the page's default admission, is always ready
+    for row in rows:
+        context.admission(row)
+        prepared = row + 1
+        if time.perf_counter() - loaded > WARM_BUDGET_S:
+            break
+    # The loaded run lives as long as the server: moved out of the collector's generations,
+    # its objects (torch, pandas, the index) are not traversed again by each full
+    # collection during the sessions' page runs.
+    gc.freeze()
     # The other admissions are prepared in the background; a visit to one not reached yet
     # prepares it on the spot (AdmissionCache builds each once).
     threading.Thread(
         target=_prepare_admissions,
-        args=(context, range(1, min(len(context.arrays), PREPARED_ADMISSIONS))),
+        args=(context, rows[prepared:]),
         name="prepare-admissions",
         daemon=True,
     ).start()
     log.info(
-        "serving %s: model, %d candidates and thumbnails loaded in %.1f s",
+        "serving %s: model, %d candidates, thumbnails and %d admissions loaded in %.1f s",
         context.run.run_dir,
         len(context.index),
+        prepared,
         time.perf_counter() - start,
     )
     return context

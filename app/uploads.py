@@ -24,7 +24,7 @@ import pandas as pd
 from app.errors import AppError
 from preprocessing.ecg import check_header, load_ecg_record, normalise_ecg
 from preprocessing.errors import InvalidRecord
-from preprocessing.lab_catalog import plausible_range
+from preprocessing.lab_catalog import impossible_bounds
 from preprocessing.labs import observed_mask, percentiles_from_cdf
 
 log = logging.getLogger(__name__)
@@ -211,7 +211,8 @@ def read_labs_csv(
     """A labs CSV (columns itemid or label, and value) -> {itemid: value}.
 
     Empty values are missing labs. Unknown labs, text values, values outside the lab
-    catalogue's plausible range and a lab given twice are refused with the offending rows.
+    catalogue's impossible-value bounds (preprocessing.lab_catalog.impossible_bounds) and a lab
+    given twice are refused with the offending rows.
     """
     check_size(name, data, limit)
     if Path(name).suffix.lower() not in (".csv", ".txt"):
@@ -262,11 +263,11 @@ def read_labs_csv(
             not_numeric.append(f"line {line} ({labs_spec[index]['label']}: {text!r})")
             continue
         itemid = int(labs_spec[index]["itemid"])
-        bounds = plausible_range(itemid)
+        bounds = impossible_bounds(itemid)
         if bounds is not None and not bounds[0] <= value <= bounds[1]:
             unit = f" {labs_spec[index]['unit']}" if labs_spec[index].get("unit") else ""
             implausible.append(
-                f"line {line} ({labs_spec[index]['label']}: plausible "
+                f"line {line} ({labs_spec[index]['label']}: possible "
                 f"{bounds[0]:g} to {bounds[1]:g}{unit})"
             )
             continue

@@ -14,17 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import streamlit as st
 
-from app.queries import MaskedLabQueries, Query, Ranking, lab_effects, rank_candidates
+from app.queries import MaskedLabQueries, Query, Ranking, lab_score_changes, rank_candidates
 from app.run_context import (
     RunContext,
     RunUnavailableError,
+    note_page_run,
     run_dir_from_args,
     run_stamp,
     served_run,
 )
+from app.tables import markdown_table
 from symile_clinical.embedding import embed_query
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 def current_context() -> RunContext:
     """The run this app serves, or an error message and a stopped page."""
+    note_page_run()
     run_dir = run_dir_from_args(sys.argv[1:], os.environ)
     if run_dir is None:
         st.error("No run given: start the app with `symile-clinical app --run RUN`.")
@@ -79,28 +81,20 @@ def show_ranking(context: RunContext, ranking: Ranking, key: str, page_size: int
         page = int(st.number_input("results page", 1, n_pages, 1, key=f"{key}_page"))
     start = (page - 1) * page_size
     shown = range(start, min(start + page_size, len(ranking.positions)))
-    subjects = context.index.metadata["subject_id"].to_numpy()
+    subjects = context.subject_ids
     images, image_captions = [], []
     for i in shown:
         position = int(ranking.positions[i])
         is_true = ranking.true_position == position
-        images.append(context.thumbnail_png(position))
+        images.append(context.thumbnail_uri(position))
         image_captions.append(
             f"#{i + 1}{' [TRUE CXR]' if is_true else ''} · score {ranking.scores[i]:.3f}"
             f" · p {ranking.probabilities[i]:.1%} · subject {subjects[position]}"
         )
     if images:
-        # One element for the whole grid (each element is a message to the browser), the
-        # stored PNGs sent as they are (output_format: no decode and JPEG re-encode).
-        st.image(images, caption=image_captions, width=150, output_format="PNG")
-
-
-def markdown_table(table: pd.DataFrame) -> str:
-    """A small table as Markdown: one text element, no Arrow conversion per rerun."""
-    header = "| " + " | ".join(map(str, table.columns)) + " |"
-    rule = "|" + "---|" * len(table.columns)
-    rows = ["| " + " | ".join(map(str, row)) + " |" for row in table.itertuples(index=False)]
-    return "\n".join([header, rule, *rows])
+        # One element for the whole grid (each element is a message to the browser); the
+        # PNGs encoded at start-up travel inline in it as data: URIs.
+        st.image(images, caption=image_captions, width=150)
 
 
 def show_lab_effects(
@@ -115,22 +109,31 @@ def show_lab_effects(
     st.subheader("What drives the match")
     if not len(ranking.positions):
         return
-    subjects = context.index.metadata["subject_id"].to_numpy()
+    subjects = context.subject_ids
     options = {
         f"#{i + 1} (subject {subjects[int(p)]})": int(p)
         for i, p in enumerate(ranking.positions[: min(10, len(ranking.positions))])
     }
     choice = st.selectbox("result", list(options), key=f"{key}_drivers")
-    labels = [str(spec["label"]) for spec in context.labs_spec]
-    table = lab_effects(masked, query, context.index.embeddings[options[choice]], labels, top=top)
-    if table.empty:
+    if not len(masked.observed_idx):
         st.info("No lab is observed: the match rests on the ECG alone.")
         return
+    # queries.lab_effects's table, without a DataFrame per rerun.
+    changes, order = lab_score_changes(masked, context.index.embeddings[options[choice]])
+    labels, observed_idx = context.lab_labels, masked.observed_idx
+    rows = [
+        (
+            labels[observed_idx[i]],
+            round(float(query.labs[observed_idx[i]]), 4),
+            round(float(changes[i]), 4),
+        )
+        for i in order[:top]
+    ]
     st.caption(
         "Score change when each observed lab is masked (made missing as in training); "
         "a negative change means the lab supported this match."
     )
-    st.markdown(markdown_table(table.round(4)))
+    st.markdown(markdown_table(["lab", "percentile", "score_change"], rows))
 
 
 def rank_with(
@@ -167,15 +170,16 @@ def show_side_by_side(
             st.markdown(f"#### {context.label}")
             if ranking.true_rank is not None:
                 st.markdown(f"true CXR rank **{ranking.true_rank}** of {ranking.pool_size}")
-            table = pd.DataFrame(
-                {
-                    "rank": np.arange(1, len(ranking.positions) + 1),
-                    "subject_id": context.index.metadata["subject_id"]
-                    .to_numpy()[ranking.positions]
-                    .astype(str),
-                    "score": ranking.scores.round(3),
-                    "probability": (ranking.probabilities * 100).round(1),
-                    "true": np.where(ranking.positions == ranking.true_position, "✔", ""),
-                }
-            ).head(page_size)
-            st.markdown(markdown_table(table))
+            subjects = context.subject_ids
+            rows = [
+                (
+                    i + 1,
+                    subjects[position],
+                    round(float(ranking.scores[i]), 3),
+                    round(float(ranking.probabilities[i]) * 100, 1),
+                    "✔" if position == ranking.true_position else "",
+                )
+                for i, position in enumerate(ranking.positions[:page_size].tolist())
+            ]
+            columns = ["rank", "subject_id", "score", "probability", "true"]
+            st.markdown(markdown_table(columns, rows))

@@ -7,9 +7,10 @@ files (so no file is written twice), and labevents padded to the row target with
 patients outside the cohort (as most of MIMIC-IV's lab rows are). Each measure runs in a
 fresh process so that its peak memory (max RSS) is its own. Baselines, measured in the same
 run: wfdb-python's reader for ECGs, decode-only pydicom for DICOMs, chunked pandas.read_csv
-for labevents, the row-by-row cohort join for the cohort.
+for labevents and record_list.csv, the row-by-row cohort join for the cohort.
 
     .venv/bin/python -m benchmarks.preprocess_bench [--admissions 20000] [--lab-rows 5000000]
+    .venv/bin/python -m benchmarks.preprocess_bench --only-record-list  # table reading only
 """
 
 from __future__ import annotations
@@ -214,6 +215,68 @@ def scan_with_pandas(path: str, subjects: list[int]) -> dict[str, int]:
     return {"rows": rows, "kept": int(sum(len(k) for k in kept))}
 
 
+def write_record_list(path: Path, rows: int) -> None:
+    """A record_list.csv of `rows` rows in MIMIC-IV-ECG's schema (ids, times, paths)."""
+    n = pd.RangeIndex(rows)
+    subject, study = 10_000_000 + n // 4, 40_000_000 + n
+    pd.DataFrame(
+        {
+            "subject_id": subject,
+            "study_id": study,
+            "file_name": study,
+            "ecg_time": pd.Timestamp("2180-01-01") + pd.to_timedelta(n * 37, unit="s"),
+            "path": [
+                f"files/p{s // 10**4:04d}/p{s}/s{t}/{t}"
+                for s, t in zip(subject, study, strict=True)
+            ],
+        },
+        columns=list(layout.ECG_RECORD_LIST_COLUMNS),
+    ).to_csv(path, index=False)
+
+
+def read_record_list(path: str, reader: str) -> tuple[int, float]:
+    """(rows, seconds) of one read of record_list.csv, its modules imported before timing.
+
+    ``ours``: preprocessing.tables.read_ecg_record_list (typed, checked, problems collected);
+    ``pandas``: the baseline, pandas.read_csv of the same columns with the time parsed.
+    """
+    from preprocessing.tables import read_ecg_record_list
+
+    start = time.perf_counter()
+    if reader == "ours":
+        rows = len(read_ecg_record_list(Path(path), []))
+    else:
+        columns = ["subject_id", "study_id", "ecg_time", "path"]
+        rows = len(pd.read_csv(path, usecols=columns, parse_dates=["ecg_time"]))
+    return rows, time.perf_counter() - start
+
+
+def record_list_line(path: Path, rows: int, repeat: int = 3) -> str:
+    """The record_list.csv reading figure: ours vs pandas.read_csv, same run, load noted.
+
+    Each reader runs `repeat` times alternately, each in a fresh process; the best of each.
+    """
+    import os
+
+    write_record_list(path, rows)
+    times: dict[str, list[float]] = {"ours": [], "pandas": []}
+    peaks: dict[str, float] = {"ours": 0.0, "pandas": 0.0}
+    for _ in range(repeat):
+        for reader in times:
+            (read, seconds), _, peak = measure(read_record_list, str(path), reader)
+            assert read == rows, (reader, read, rows)
+            times[reader].append(seconds)
+            peaks[reader] = max(peaks[reader], peak)
+    ours, theirs = min(times["ours"]), min(times["pandas"])
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (
+        f"- record_list.csv ({rows:,} rows, best of {repeat}): read_ecg_record_list "
+        f"{ours:.2f} s, peak {peaks['ours']:.0f} MB; pandas.read_csv (parse_dates, no checks) "
+        f"{theirs:.2f} s, peak {peaks['pandas']:.0f} MB (ours x{ours / theirs:.2f} its time; "
+        f"load {load})"
+    )
+
+
 def cohort_join_rates(root: str, sample: int) -> dict[str, float]:
     """Admissions/s of the vectorised cohort join and of a row-by-row one (baseline)."""
     from preprocessing import cohort, tables
@@ -296,7 +359,15 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--work-dir", type=str, default=None, help="keep the roots here")
     parser.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
+    parser.add_argument("--record-list-rows", type=int, default=800_000)
+    parser.add_argument(
+        "--only-record-list", action="store_true", help="measure table reading only"
+    )
     args = parser.parse_args()
+    if args.only_record_list:
+        with tempfile.TemporaryDirectory(prefix="record-list-") as folder:
+            print(record_list_line(Path(folder) / "record_list.csv", args.record_list_rows))
+        return 0
 
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="prep-bench-"))
     base, root, out = work / "base", work / "root", work / "dataset"
@@ -363,6 +434,7 @@ def main() -> int:
         f"pandas.read_csv {slow['rows'] / slow_s / 1e6:.2f} M rows/s, peak {slow_mb:.0f} MB "
         f"(x{slow_s / fast_s:.1f} faster)"
     )
+    say(record_list_line(work / "record_list.csv", args.record_list_rows))
     joins, _, _ = measure(cohort_join_rates, str(root), 300)
     say(
         f"- cohort join ({joins['admissions']:,} admissions, 50 labs): vectorised "

@@ -35,15 +35,25 @@ JPEG_SUFFIXES = {".jpg", ".jpeg", ".png"}
 # They bound decoding memory (40 M 16-bit pixels: 80 MB, a few copies of it in float32).
 MAX_CXR_PIXELS = 40_000_000  # rows x columns x frames
 MAX_CXR_FILE_BYTES = 256 * 2**20  # an uncompressed 6000 x 6000 16-bit image is 72 MB
+# What decoding allocates: pixels x SamplesPerPixel x BitsAllocated / 8. A 40 M-pixel 16-bit
+# grey image (80 MB) or 8-bit colour one (120 MB) passes; the same pixels as 32- or 64-bit
+# colour samples would not.
+MAX_CXR_DECODED_BYTES = 128 * 2**20
 
 
 def check_image_size(path: Path, ds) -> None:
-    """Refuse (``too_large``) an image whose header declares more than MAX_CXR_PIXELS."""
+    """Refuse (``too_large``) an image whose header declares more than MAX_CXR_PIXELS pixels
+    or MAX_CXR_DECODED_BYTES of decoded samples."""
     try:
         rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
         frames = int(ds.get("NumberOfFrames") or 1)
+        samples = int(ds.get("SamplesPerPixel") or 1)
+        bits = int(ds.get("BitsAllocated") or 8)
     except (TypeError, ValueError):
-        raise InvalidRecord(path, "Rows, Columns or NumberOfFrames is not a number") from None
+        raise InvalidRecord(
+            path,
+            "Rows, Columns, NumberOfFrames, SamplesPerPixel or BitsAllocated is not a number",
+        ) from None
     if rows < 2 or columns < 2:
         raise InvalidRecord(path, f"image of {rows} x {columns} pixels", kind="not_an_image")
     pixels = rows * columns * max(frames, 1)
@@ -53,6 +63,16 @@ def check_image_size(path: Path, ds) -> None:
             path,
             f"header declares {rows} x {columns} pixels{frames_text}, over the "
             f"{MAX_CXR_PIXELS / 1e6:.0f} M pixels a radiograph can have",
+            kind="too_large",
+        )
+    # Bit-packed (1-bit) pixels decode to a byte each.
+    decoded = pixels * max(samples, 1) * max(-(-bits // 8), 1)
+    if decoded > MAX_CXR_DECODED_BYTES:
+        raise InvalidRecord(
+            path,
+            f"header declares {rows} x {columns} pixels of {samples} x {bits}-bit samples: "
+            f"{decoded / 2**20:.0f} MB decoded, over the {MAX_CXR_DECODED_BYTES / 2**20:.0f} MB "
+            "a radiograph needs",
             kind="too_large",
         )
 

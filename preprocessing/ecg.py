@@ -45,6 +45,7 @@ FLAT_LEAD_MV = 1e-3  # peak-to-peak below this (mV) is a disconnected lead
 MIN_FS_HZ = 100.0  # PTB-XL's low-rate version; below it a 500 Hz ECG cannot be recovered
 MAX_FS_HZ = 2000.0  # high-resolution research ECGs; MIMIC-IV-ECG is 500 Hz
 MAX_DURATION_S = 60.0  # a resting ECG is 10 s; longer is a Holter or a wrong header
+MIN_SIGNALS = 12  # the 12 leads the tensor holds
 MAX_SIGNALS = 32  # 12 leads plus Frank leads and spares
 MAX_SIGNAL_FILE_BYTES = 64 * 2**20  # a 60 s, 32-signal, 2 kHz record in 32-bit samples is 15 MB
 WFDB_DEFAULT_FS = 250.0  # what WFDB assumes when the header gives no frequency
@@ -185,10 +186,12 @@ def check_header(header_file: Path) -> HeaderFacts:
 
     Refused (InvalidRecord with a readable reason): a sampling frequency outside
     [MIN_FS_HZ, MAX_FS_HZ] (``bad_sampling_rate``), a duration over MAX_DURATION_S
-    (``too_long``) or under MIN_DURATION_S (``too_short``), more than MAX_SIGNALS signals or
-    a signal count that disagrees with the signal lines (``bad_header``), a format code
-    WFDB does not define (``bad_format``), and a signal file outside the record's folder
-    (``path_outside_root``). Multi-segment records are left to wfdb-python.
+    (``too_long``) or under MIN_DURATION_S (``too_short``), a signal count outside
+    [MIN_SIGNALS, MAX_SIGNALS] or that disagrees with the signal lines, and a multi-segment
+    record (``bad_header``), a format code WFDB does not define (``bad_format``), and a
+    signal file outside the record's folder (``path_outside_root``). The duration comes
+    from the header's number of samples or, where it gives none, from the signal files'
+    sizes: either way nothing longer than the limit is decoded.
     """
     lines = _header_lines(header_file)
     if not lines:
@@ -196,6 +199,8 @@ def check_header(header_file: Path) -> HeaderFacts:
     fields = lines[0].split()
     if len(fields) < 2 or not fields[1].isdigit():
         raise _bad_header(header_file, "record line gives no number of signals")
+    if "/" in fields[0]:  # "name/segments": the following lines are segments, not signals
+        raise _bad_header(header_file, "multi-segment records are not supported")
     n_sig = int(fields[1])
     if n_sig == 0:
         raise _bad_header(header_file, "header declares no signals")
@@ -220,14 +225,19 @@ def check_header(header_file: Path) -> HeaderFacts:
             raise _bad_header(header_file, "number of samples is not a whole number")
         sig_len = int(fields[3])
         _check_duration(header_file, sig_len / fs)
-    if "/" in fields[0]:  # multi-segment: the following lines are segments, not signals
-        return HeaderFacts(n_sig, fs, sig_len, ())
     signals = [line.split() for line in lines[1:]]
     if len(signals) != n_sig:
         raise _bad_header(
             header_file, f"header declares {n_sig} signals but describes {len(signals)}"
         )
-    files = []
+    if n_sig < MIN_SIGNALS:  # lead_order needs the 12 leads: refused before reading
+        raise InvalidRecord(
+            header_file,
+            f"header declares {n_sig} signals; a 12-lead ECG needs at least {MIN_SIGNALS} "
+            f"({', '.join(CANONICAL_ECG_LEADS)}), found {n_sig}",
+            kind="missing_leads",
+        )
+    files, formats = [], []
     for number, signal in enumerate(signals, start=1):
         fmt = re.match(r"\d*", signal[1]).group() if len(signal) > 1 else ""
         if fmt not in _WFDB_FORMATS:
@@ -238,13 +248,56 @@ def check_header(header_file: Path) -> HeaderFacts:
                 kind="bad_format",
             )
         files.append(_signal_file_name(header_file, signal[0]))
+        formats.append(fmt)
+    if sig_len is None:
+        samples = _samples_from_file_sizes(header_file, files, formats)
+        if samples is not None:
+            _check_duration(header_file, samples / fs)
     return HeaderFacts(n_sig, fs, sig_len, tuple(files))
+
+
+def _samples_from_file_sizes(header_file: Path, files: list[str], formats: list[str]) -> int | None:
+    """Samples per signal that the signal files hold, for a header that gives no number.
+
+    WFDB then reads the whole file, so its size is the record's length: bytes / (bytes per
+    sample x signals in the file), the most over the files. None when no file is there
+    (reading reports it missing). A compressed (FLAC) format has no fixed size per sample
+    and must state its length.
+    """
+    per_file: dict[str, float] = {}
+    for name, fmt in zip(files, formats, strict=True):
+        if fmt not in _BYTES_PER_SAMPLE:
+            raise _bad_header(
+                header_file,
+                f"format {fmt} is compressed: the header must give its number of samples",
+            )
+        per_file[name] = per_file.get(name, 0.0) + _BYTES_PER_SAMPLE[fmt]
+    samples = [
+        int((header_file.parent / name).stat().st_size / frame_bytes)
+        for name, frame_bytes in per_file.items()
+        if (header_file.parent / name).is_file()
+    ]
+    return max(samples) if samples else None
 
 
 # Signal formats WFDB defines (and wfdb-python reads): PhysioNet's "header(5)" format table.
 _WFDB_FORMATS = frozenset(
     {"8", "16", "24", "32", "61", "80", "160", "212", "310", "311", "508", "516", "524"}
 )
+# Stored bytes per sample of each uncompressed format (212: 3 bytes per 2 samples, 310 and
+# 311: 4 bytes per 3); the FLAC formats 508/516/524 have none.
+_BYTES_PER_SAMPLE = {
+    "8": 1.0,
+    "16": 2.0,
+    "24": 3.0,
+    "32": 4.0,
+    "61": 2.0,
+    "80": 1.0,
+    "160": 2.0,
+    "212": 1.5,
+    "310": 4 / 3,
+    "311": 4 / 3,
+}
 
 
 def _check_duration(header_file: Path, duration: float) -> None:

@@ -13,12 +13,14 @@ lipaemia, icterus) that the analyser reports with a chemistry panel; they are fl
 ``specimen_quality=True``. ``LAB_ITEMS`` adds a few cardiac and inflammatory markers
 (troponin T, CK-MB, NT-proBNP, CRP) that the synthetic cohort also writes.
 
-Ranges are typical adult values for the units given; they serve the synthetic generator
-and plausibility checks, not clinical decisions.
+Reference and plausible ranges are typical adult values for the units given; they serve the
+synthetic generator, not clinical decisions. The filter of real data is `impossible_bounds`:
+far wider, so that real extremes (rhabdomyolysis, diabetic coma) are kept.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -145,18 +147,98 @@ def lab_by_itemid(itemid: int) -> LabItem:
 
 
 def plausible_range(itemid: int) -> tuple[float, float] | None:
-    """(low, high) a value of this lab can take, in its catalogue unit; None if not catalogued.
+    """(low, high) the synthetic generator draws this lab's values within; None if unknown.
 
-    The one plausibility limit of lab values: preprocess quarantines a labevents row
-    outside it and the app refuses an upload outside it.
+    A generator's range, not a filter: real extremes lie outside it (CK over 100,000 IU/L
+    in rhabdomyolysis). What preprocess and the app refuse is `impossible_bounds`.
     """
     item = _BY_ITEMID.get(int(itemid))
     return None if item is None else (item.plausible_low, item.plausible_high)
 
 
-def plausible_ranges(itemids: Sequence[int]) -> dict[int, tuple[float, float]]:
-    """plausible_range of each catalogued itemid among `itemids`."""
-    return {int(i): r for i in itemids if (r := plausible_range(i)) is not None}
+# The filter's bounds: values no human sample can have, in the catalogue's unit. Low is 0
+# for every analyte that cannot be negative (only base excess and the anion gap can); high
+# is well above the most extreme values reported in patients (e.g. CK about 2 M IU/L,
+# glucose about 2,700 mg/dL, sodium about 255 mEq/L), or the quantity's own ceiling
+# (100 % of a count, pH 14). A value outside them is a unit, entry or parsing error.
+_IMPOSSIBLE: dict[int, tuple[float, float]] = {
+    51221: (0.0, 100.0),  # Hematocrit %
+    51265: (0.0, 20_000.0),  # Platelet Count K/uL
+    50912: (0.0, 150.0),  # Creatinine mg/dL
+    50971: (0.0, 50.0),  # Potassium mEq/L
+    51222: (0.0, 50.0),  # Hemoglobin g/dL
+    51301: (0.0, 2_000.0),  # White Blood Cells K/uL
+    51249: (0.0, 100.0),  # MCHC g/dL
+    51279: (0.0, 30.0),  # Red Blood Cells m/uL
+    51250: (0.0, 300.0),  # MCV fL
+    51248: (0.0, 150.0),  # MCH pg
+    51277: (0.0, 100.0),  # RDW %
+    51006: (0.0, 1_000.0),  # Urea Nitrogen mg/dL
+    50983: (0.0, 300.0),  # Sodium mEq/L
+    50902: (0.0, 300.0),  # Chloride mEq/L
+    50882: (0.0, 200.0),  # Bicarbonate mEq/L
+    50868: (-100.0, 200.0),  # Anion Gap mEq/L (negative with paraproteins, lithium)
+    50931: (0.0, 10_000.0),  # Glucose mg/dL
+    50960: (0.0, 50.0),  # Magnesium mg/dL
+    50893: (0.0, 50.0),  # Calcium, Total mg/dL
+    50970: (0.0, 100.0),  # Phosphate mg/dL
+    51237: (0.0, 200.0),  # INR(PT)
+    51274: (0.0, 1_000.0),  # PT sec
+    51275: (0.0, 1_000.0),  # PTT sec
+    51146: (0.0, 100.0),  # Basophils %
+    51256: (0.0, 100.0),  # Neutrophils %
+    51254: (0.0, 100.0),  # Monocytes %
+    51200: (0.0, 100.0),  # Eosinophils %
+    51244: (0.0, 100.0),  # Lymphocytes %
+    52172: (0.0, 500.0),  # RDW-SD fL
+    50934: (0.0, 100_000.0),  # H (haemolysis index)
+    51678: (0.0, 100_000.0),  # L (lipaemia index)
+    50947: (0.0, 100_000.0),  # I (icterus index)
+    50861: (0.0, 500_000.0),  # ALT IU/L
+    50878: (0.0, 500_000.0),  # AST IU/L
+    50813: (0.0, 100.0),  # Lactate mmol/L
+    50863: (0.0, 100_000.0),  # Alkaline Phosphatase IU/L
+    50885: (0.0, 200.0),  # Bilirubin, Total mg/dL
+    50820: (0.0, 14.0),  # pH
+    50862: (0.0, 20.0),  # Albumin g/dL
+    50802: (-100.0, 100.0),  # Base Excess mEq/L
+    50821: (0.0, 3_000.0),  # pO2 mm Hg (hyperbaric oxygen reaches about 2,000)
+    50804: (0.0, 200.0),  # Calculated Total CO2 mEq/L
+    50818: (0.0, 500.0),  # pCO2 mm Hg
+    52075: (0.0, 2_000.0),  # Absolute Neutrophil Count K/uL
+    52073: (0.0, 1_000.0),  # Absolute Eosinophil Count K/uL
+    52074: (0.0, 1_000.0),  # Absolute Monocyte Count K/uL
+    52069: (0.0, 1_000.0),  # Absolute Basophil Count K/uL
+    51133: (0.0, 2_000.0),  # Absolute Lymphocyte Count K/uL
+    50910: (0.0, 10_000_000.0),  # Creatine Kinase (CK) IU/L
+    52135: (0.0, 100.0),  # Immature Granulocytes %
+    51003: (0.0, 1_000.0),  # Troponin T ng/mL
+    50911: (0.0, 10_000.0),  # CK-MB ng/mL
+    50963: (0.0, 1_000_000.0),  # NTproBNP pg/mL
+    50889: (0.0, 2_000.0),  # C-Reactive Protein mg/L
+}
+
+
+def impossible_bounds(itemid: int) -> tuple[float, float] | None:
+    """(low, high) outside which a value of this lab is impossible; None if not catalogued.
+
+    The one lab-value filter: preprocess quarantines a labevents row outside it (and any
+    non-finite value) and the app refuses an upload outside it.
+    """
+    return _IMPOSSIBLE.get(int(itemid))
+
+
+def impossible_bounds_of(itemids: Sequence[int]) -> dict[int, tuple[float, float]]:
+    """impossible_bounds of each catalogued itemid among `itemids`."""
+    return {int(i): b for i in itemids if (b := impossible_bounds(i)) is not None}
+
+
+def is_possible_value(itemid: int, value: float) -> bool:
+    """Whether `value` is finite and inside the lab's impossible_bounds (if it has any)."""
+    if not math.isfinite(value):
+        return False
+    bounds = impossible_bounds(itemid)
+    return bounds is None or bounds[0] <= value <= bounds[1]
 
 
 def lab_descriptions(itemids: Sequence[int], d_labitems: pd.DataFrame) -> dict[int, dict]:

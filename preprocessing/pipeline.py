@@ -218,7 +218,12 @@ def run_preprocess(config: PreprocessConfig) -> PreprocessReport:
     timings["total"] = time.perf_counter() - started
 
     counts = count_outcomes(
-        cohort.total_admissions, len(included), quarantine, file_counts, cohort.lab_scan
+        cohort.total_admissions,
+        len(included),
+        quarantine,
+        file_counts,
+        cohort.lab_scan,
+        table_problems=len(table_problems),
     )
     reconcile(counts)
     report = PreprocessReport(

@@ -5,9 +5,10 @@ parse or whose path leaves its release folder: its id if readable, the table, th
 the reason), ``cohort`` (an admission left out: no ECG/CXR/lab in its windows, or its chosen
 file was rejected), ``ecg`` and ``cxr`` (a file that could not be made into a tensor),
 ``labs`` (a labevents row whose ``valuenum`` holds something other than a number, whose
-fields or times do not parse, or whose value lies outside the lab catalogue's plausible
-range; an empty valuenum beside a text value such as ``___`` is ordinary MIMIC and not
-quarantined). Reasons name ids, never a row's values.
+fields or times do not parse, or whose value is not finite or lies outside the lab
+catalogue's impossible-value bounds; an empty valuenum beside a text value such as ``___``
+is ordinary MIMIC and not quarantined). Reasons name ids and lines, never a row's values.
+Table and lab rows are one quarantine row each, even when two read alike.
 ``reason`` starts with a short kind (``nan_gap: ...``) that the report counts by.
 """
 
@@ -24,14 +25,18 @@ from symile_clinical.atomic import write_text_atomic
 
 QUARANTINE_COLUMNS = ("id", "file", "stage", "reason")
 STAGES = ("tables", "cohort", "ecg", "cxr", "labs")
+FILE_STAGES = ("ecg", "cxr")  # one row per file, however many admissions chose it
 
 
 def quarantine_frame(rows: list[dict]) -> pd.DataFrame:
     """Rows (dicts with id, file, stage, reason) as the quarantine table, stable order."""
     frame = pd.DataFrame(rows, columns=list(QUARANTINE_COLUMNS)).astype(str)
     frame["_stage"] = frame["stage"].map({s: i for i, s in enumerate(STAGES)}).fillna(len(STAGES))
-    # A file two admissions share is one row; table rows differ by their line (in reason).
-    frame = frame.drop_duplicates(["stage", "id", "file", "reason"])
+    # A file two admissions share is one row. Table and lab rows are never merged: each is
+    # a row of its table, and two malformed rows can read alike (same id, same reason).
+    files = frame["stage"].isin(FILE_STAGES)
+    repeated = frame.duplicated(["stage", "id", "file", "reason"]) & files
+    frame = frame.loc[~repeated]
     frame = frame.sort_values(["_stage", "file", "id"], kind="stable").drop(columns="_stage")
     return frame.reset_index(drop=True)
 

@@ -37,8 +37,13 @@ def count_outcomes(
     quarantine: pd.DataFrame,
     file_counts: dict[str, Counter],
     scan: LabScan,
+    table_problems: int | None = None,
 ) -> dict[str, Any]:
-    """The report's counts: admissions, files and lab rows by stage and reason."""
+    """The report's counts: admissions, files, table and lab rows by stage and reason.
+
+    `table_problems`: how many rows of admissions and the ECG/CXR tables were left out
+    (stage ``tables``), which `reconcile` checks against quarantine.csv.
+    """
     cohort_rows = quarantine[quarantine["stage"] == "cohort"]
     excluded = Counter(reason_kind(r) for r in cohort_rows["reason"])
     by_stage = {
@@ -70,6 +75,7 @@ def count_outcomes(
             "tables": int((quarantine["stage"] == "tables").sum()),
             "labs": int((quarantine["stage"] == "labs").sum()),
         },
+        "table_rows_left_out": table_problems,
         "quarantine_rows": {"total": len(quarantine), "by_stage_and_reason": by_stage},
     }
 
@@ -85,6 +91,10 @@ def reconcile(counts: dict[str, Any]) -> None:
     if counts["table_rows_quarantined"]["labs"] != lab_rows:
         quarantined = counts["table_rows_quarantined"]["labs"]
         raise AssertionError(f"labs: {lab_rows} rows left out != {quarantined} quarantined")
+    left_out = counts.get("table_rows_left_out")
+    if left_out is not None and counts["table_rows_quarantined"]["tables"] != left_out:
+        quarantined = counts["table_rows_quarantined"]["tables"]
+        raise AssertionError(f"tables: {left_out} rows left out != {quarantined} quarantined")
     for stage in ("ecg", "cxr"):
         files = counts[f"{stage}_files"]
         rejected = sum(files["rejected"].values())

@@ -14,10 +14,7 @@ patients its lost tail held.
 
 from __future__ import annotations
 
-import csv
-import gzip
 import logging
-import zlib
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -29,7 +26,7 @@ import pandas as pd
 
 from preprocessing import layout
 from preprocessing.errors import InvalidRoot, InvalidTable
-from preprocessing.lab_catalog import LAB_ITEMS, lab_by_itemid, plausible_ranges
+from preprocessing.lab_catalog import LAB_ITEMS, impossible_bounds_of, lab_by_itemid
 
 log = logging.getLogger(__name__)
 
@@ -171,224 +168,252 @@ class RowProblem:
         }
 
 
-def _open_text(path: Path):
-    """A table as text (gzip by suffix); undecodable bytes replaced, never fatal."""
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", errors="replace", newline="")
-    return open(path, encoding="utf-8", errors="replace", newline="")
-
-
 def read_rows(
     path: Path, columns: Sequence[str], problems: list[RowProblem], id_column: str | None = None
 ) -> pd.DataFrame:
     """The `columns` of a CSV table as str, one row per well-formed line, plus `line` (int64).
 
     A line with another number of fields than the header, or a repeat of the header, is
-    left out and appended to `problems`. A file that ends early or is corrupt raises
-    InvalidTable naming it. A clean table is read by pyarrow (fast); one with a malformed
-    line is read again by the csv module, which knows every record's line.
+    left out and appended to `problems` with its line. A file that ends early or is corrupt
+    raises InvalidTable naming it.
     """
-    frame = _read_rows_fast(path, columns)
-    if frame is not None:
-        header = frame[list(columns)].eq(pd.Series(list(columns), index=list(columns))).all(axis=1)
-        for line in frame.loc[header, "line"]:
-            problems.append(
-                RowProblem(path, int(line), "", "repeated_header", "the header line again")
-            )
-        return frame.loc[~header].reset_index(drop=True)
-    return _read_rows_exact(path, columns, problems, id_column)
+    return read_typed(path, columns, {}, problems, id_column)
 
 
-def _read_rows_fast(path: Path, columns: Sequence[str]) -> pd.DataFrame | None:
-    """pyarrow's read of a table with no malformed line (line = row + 2); None otherwise."""
+def read_typed(
+    path: Path,
+    columns: Sequence[str],
+    types: dict[str, str],
+    problems: list[RowProblem],
+    id_column: str | None = None,
+) -> pd.DataFrame:
+    """`read_rows` with `types` parsed ("int": int64, "datetime": datetime64, "path": a
+    relative path inside the release folder); a row that fails one is a problem, left out.
+
+    All the work is done on Arrow columns (a whole-column cast; the row-by-row finder runs
+    only where a cast fails, to name the rows) and converted to pandas once.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    table, lines = _read_arrow(path, columns, problems, id_column)
+    # A repeated header: the first column holds its own name (then the others are checked).
+    header = pc.equal(table.column(columns[0]), columns[0])
+    if pc.any(header).as_py():
+        for column in columns[1:]:
+            header = pc.and_(header, pc.equal(table.column(column), column))
+    bad = np.asarray(header, dtype=bool).copy()
+    for position in np.flatnonzero(bad):
+        problems.append(
+            RowProblem(path, int(lines[position]), "", "repeated_header", "the header line again")
+        )
+    parsed = {}
+    for column, kind in types.items():
+        # Ids and times are cast as they are (the finder trims); paths are trimmed first.
+        text = table.column(column)
+        if kind == "path":
+            text = pc.utf8_trim_whitespace(text)
+        if kind == "int":
+            parsed[column], failed, what = _cast_int(text)
+        elif kind == "datetime":
+            parsed[column], failed, what = _cast_datetime(text)
+        else:
+            parsed[column], failed, what = text, _leaves_root(text), None
+        for position in np.flatnonzero(failed & ~bad):
+            empty = not (text[int(position)].as_py() or "").strip()
+            if kind == "path":
+                kind_name = "path_outside_root"
+                reason = "path is empty" if empty else f"{column} leaves the release folder"
+            else:
+                kind_name = "bad_value"
+                reason = f"{column} {'is empty' if empty else what}"
+            row_id = _row_id(table, id_column, int(position))
+            problems.append(RowProblem(path, int(lines[position]), row_id, kind_name, reason))
+        bad |= failed
+    for column, array in parsed.items():
+        table = table.set_column(table.schema.get_field_index(column), column, array)
+    keep = ~bad
+    table = table.select(list(columns)).filter(pa.array(keep))
+    frame = table.to_pandas()
+    for column in columns:
+        if types.get(column) == "int":
+            frame[column] = frame[column].astype("int64")
+        elif types.get(column) == "datetime":
+            frame[column] = frame[column].astype("datetime64[ns]")
+        else:
+            frame[column] = frame[column].astype(object)
+    frame["line"] = lines[keep]
+    return frame
+
+
+def _read_arrow(path: Path, columns: Sequence[str], problems: list[RowProblem], id_column):
+    """pyarrow's read of `columns` (and the id) as text, and each row's line (int64 [N]).
+
+    Single-threaded, pyarrow's invalid-row handler is told each malformed row's line: the
+    row is reported and skipped, and a kept row's line is its index + 2 (the header is line
+    1) + the malformed lines before it.
+    """
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    malformed: list[int] = []
+    wanted = list(dict.fromkeys([*columns, *([id_column] if id_column else [])]))
+    skipped: list[int] = []
+    id_position = _column_position(path, id_column)
+
+    def malformed(row) -> str:
+        """Report the row by its line and id (never its text) and skip it."""
+        skipped.append(row.number)
+        problems.append(
+            RowProblem(
+                path,
+                row.number,
+                _field_id(row.text, id_position, id_column),
+                "bad_row",
+                f"{row.actual_columns} fields where the header has {row.expected_columns}",
+            )
+        )
+        return "skip"
+
     try:
         table = pacsv.read_csv(
             path,
-            read_options=pacsv.ReadOptions(block_size=1 << 24),
+            read_options=pacsv.ReadOptions(block_size=1 << 24, use_threads=False),
             parse_options=pacsv.ParseOptions(
                 ignore_empty_lines=False,  # an empty line would shift every line number
-                invalid_row_handler=lambda row: malformed.append(1) or "skip",
+                invalid_row_handler=malformed,
             ),
             convert_options=pacsv.ConvertOptions(
-                include_columns=list(columns),
-                column_types={column: pa.string() for column in columns},
+                include_columns=wanted,
+                column_types={column: pa.string() for column in wanted},
                 strings_can_be_null=False,
                 quoted_strings_can_be_null=False,
             ),
         )
-    except (OSError, pa.ArrowInvalid, KeyError):  # the exact reader says what is wrong
-        return None
-    if malformed:
-        return None
-    frame = table.to_pandas().astype(object)
-    frame["line"] = np.arange(2, len(frame) + 2, dtype=np.int64)
-    return frame
-
-
-def _read_rows_exact(
-    path: Path, columns: Sequence[str], problems: list[RowProblem], id_column: str | None
-) -> pd.DataFrame:
-    """read_rows by the csv module: exact line numbers of malformed lines."""
-    values: list[list[str]] = []
-    lines: list[int] = []
-    try:
-        with _open_text(path) as handle:
-            reader = csv.reader(handle)
-            header = next(reader, None)
-            if header is None:
-                raise InvalidTable(path, "is empty")
-            positions = [header.index(column) for column in columns]
-            id_position = header.index(id_column) if id_column in header else None
-            for record in reader:
-                if not record:
-                    continue
-                line = reader.line_num
-                row_id = ""
-                if id_position is not None and id_position < len(record):
-                    row_id = (
-                        record[id_position].strip() if record[id_position].strip().isdigit() else ""
-                    )
-                if record == header:
-                    problems.append(
-                        RowProblem(path, line, "", "repeated_header", "the header line again")
-                    )
-                elif len(record) != len(header):
-                    problems.append(
-                        RowProblem(
-                            path,
-                            line,
-                            row_id,
-                            "bad_row",
-                            f"{len(record)} fields where the header has {len(header)}",
-                        )
-                    )
-                else:
-                    values.append([record[i] for i in positions])
-                    lines.append(line)
-    except (EOFError, OSError, zlib.error, csv.Error) as error:
-        read = lines[-1] if lines else 1
+    except (OSError, EOFError, pa.ArrowInvalid) as error:
+        # pyarrow's parse messages quote the row: name the file and the place only.
+        detail = str(error) if isinstance(error, OSError) else type(error).__name__
         raise InvalidTable(
-            path,
-            f"cannot be read past line {read} ({type(error).__name__}: truncated or corrupt "
-            "file): download it again",
+            path, f"cannot be read ({detail}): truncated or corrupt file, download it again"
         ) from None
-    frame = pd.DataFrame(values, columns=list(columns), dtype=object)
-    frame["line"] = np.asarray(lines, dtype=np.int64)
-    return frame
+    return table, kept_lines(table.num_rows, skipped)
 
 
-def _parse_column(
-    frame: pd.DataFrame,
-    column: str,
-    kind: str,
-    problems: list[RowProblem],
-    table: Path,
-    id_column: str | None,
-) -> pd.Series:
-    """Parse a str column as "int" (int64) or "datetime"; a row that does not parse (or is
-    empty) is added to `problems` and marked in frame["_bad"]."""
-    text = frame[column].fillna("").astype(str).str.strip()
-    if kind == "int":
-        good = text.str.fullmatch(r"[-+]?\d+")
-        parsed = _as_int64(text.where(good, "0"))
-        what = "is not a whole number"
-    else:
-        parsed = pd.to_datetime(text.where(text != "", None), errors="coerce", format="ISO8601")
-        good = parsed.notna()
-        what = "does not parse as a date and time"
-    bad = ~good.to_numpy(dtype=bool) & ~frame["_bad"].to_numpy(dtype=bool)
-    for line, row_id, empty in zip(
-        frame.loc[bad, "line"],
-        frame.loc[bad, id_column] if id_column else [""] * int(bad.sum()),
-        (text[bad] == "").tolist(),
-        strict=True,
-    ):
-        row_id = (
-            str(row_id).strip() if str(row_id).strip().isdigit() or id_column == "dicom_id" else ""
-        )
-        problems.append(
-            RowProblem(
-                table, int(line), row_id, "bad_value", f"{column} {'is empty' if empty else what}"
-            )
-        )
-    frame["_bad"] = frame["_bad"].to_numpy(dtype=bool) | ~good.to_numpy(dtype=bool)
-    return parsed
+def kept_lines(rows: int, skipped: Sequence[int], first: int = 2) -> np.ndarray:
+    """Line of each of `rows` kept rows when the lines `skipped` were left out, int64 [rows]."""
+    return lines_of_kept(np.arange(rows, dtype=np.int64), skipped, first)
 
 
-def _as_int64(text: pd.Series) -> pd.Series:
-    """Whole numbers as text (already checked) into int64, by pyarrow's cast (fast)."""
+def lines_of_kept(index: np.ndarray, skipped: Sequence[int], first: int = 2) -> np.ndarray:
+    """Line of the kept rows numbered `index` (0-based among kept rows), int64.
+
+    Kept row k is on line first + k + (skipped lines before it); a skipped line s has
+    s - first - j kept rows before it when j skipped lines precede it. Skipped lines after
+    the row may already be listed: they never count.
+    """
+    index = np.asarray(index, dtype=np.int64)
+    if not len(skipped):
+        return index + first
+    ordered = np.sort(np.asarray(skipped, dtype=np.int64))
+    kept_before = ordered - first - np.arange(len(ordered), dtype=np.int64)
+    return index + first + np.searchsorted(kept_before, index, side="right")
+
+
+def _column_position(path: Path, column: str | None) -> int | None:
+    """Where `column` is in the table's header (None: no such column or no header)."""
+    if not column:
+        return None
+    try:
+        names = table_columns(path)
+    except Exception:  # an unreadable header: the read below names the problem
+        return None
+    return names.index(column) if column in names else None
+
+
+def _field_id(text: str | None, position: int | None, id_column: str | None) -> str:
+    """The id field of a malformed row's text, when it reads as an id ("" otherwise)."""
+    if position is None:
+        return ""
+    fields = (text or "").split(",")
+    value = fields[position].strip() if position < len(fields) else ""
+    return value if value.isdigit() or (id_column == "dicom_id" and value.isalnum()) else ""
+
+
+def _row_id(table, id_column: str | None, position: int) -> str:
+    """A row's id as a problem names it: digits (or a dicom_id), else "" (read only for the
+    rows that have a problem: converting every id to Python would cost more than the read)."""
+    if not id_column:
+        return ""
+    value = (table.column(id_column)[position].as_py() or "").strip()
+    return value if value.isdigit() or id_column == "dicom_id" else ""
+
+
+def _cast_int(text):
+    """Whole-number text to int64; (array with nulls where bad, bad bool [N], reason)."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
-    array = pa.array(text.str.strip().to_numpy(dtype=object), pa.string())
-    return pd.Series(array.cast(pa.int64()).to_numpy(), index=text.index)
+    what = "is not a whole number"
+    try:
+        return pc.cast(text, pa.int64()), np.zeros(len(text), dtype=bool), what
+    except (pa.ArrowInvalid, OverflowError):
+        text = pc.utf8_trim_whitespace(text)
+        good = pc.fill_null(pc.match_substring_regex(text, r"^[-+]?\d{1,18}$"), False)
+        kept = pc.if_else(good, text, pa.scalar(None, pa.string()))
+        return pc.cast(kept, pa.int64()), ~np.asarray(good, dtype=bool), what
 
 
-def _typed(
-    frame: pd.DataFrame,
-    types: dict[str, str],
-    problems: list[RowProblem],
-    table: Path,
-    id_column: str | None,
-) -> pd.DataFrame:
-    """`frame` with `types` parsed ("int", "datetime", "path"); rows that fail are dropped."""
-    frame = frame.copy()
-    frame["_bad"] = False
-    for column, kind in types.items():
-        if kind == "path":
-            frame[column] = _checked_paths(frame, column, problems, table, id_column)
-        else:
-            frame[column] = _parse_column(frame, column, kind, problems, table, id_column)
-    kept = frame.loc[~frame["_bad"]].drop(columns=["_bad"])
-    for column, kind in types.items():
-        if kind == "int":
-            kept[column] = kept[column].astype("int64")
-    return kept.reset_index(drop=True)
+def _cast_datetime(text):
+    """ISO 8601 text to timestamp[ns]; (array, bad bool [N], reason). Where the whole-column
+    cast fails, pandas' ISO 8601 parser names the rows (and reads forms Arrow does not)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    what = "does not parse as a date and time"
+    try:
+        return pc.cast(text, pa.timestamp("ns")), np.zeros(len(text), dtype=bool), what
+    except pa.ArrowInvalid:
+        text = pc.utf8_trim_whitespace(text)
+        series = pd.Series(text.to_numpy(zero_copy_only=False), dtype=object)
+        parsed = pd.to_datetime(series.where(series != "", None), errors="coerce", format="ISO8601")
+        good = parsed.notna().to_numpy(dtype=bool)
+        return pa.array(parsed.astype("datetime64[ns]"), pa.timestamp("ns")), ~good, what
+
+
+# Empty, absolute (/x, \\x, C:), or a ".." component, with either slash: one RE2 pass.
+_LEAVES_ROOT = r"^$|^[/\\]|^[A-Za-z]:|(?:^|[/\\])\.\.(?:[/\\]|$)"
+
+
+def _leaves_root(text) -> np.ndarray:
+    """Which paths (trimmed Arrow text) are empty, absolute or hold a ``..`` component."""
+    import pyarrow.compute as pc
+
+    leaves = pc.match_substring_regex(text, _LEAVES_ROOT)
+    return np.asarray(pc.fill_null(leaves, True), dtype=bool)
 
 
 def path_leaves_root(paths: pd.Series) -> np.ndarray:
     """Which relative paths of a record list are empty, absolute or hold a ``..`` component
     (MIMIC's never do): bool [N]."""
-    text = paths.fillna("").astype(str).str.strip().str.replace("\\", "/", regex=False)
-    return (
-        (text == "")
-        | text.str.startswith("/")
-        | text.str.match(r"^[A-Za-z]:")
-        | text.str.contains(r"(?:^|/)\.\.(?:/|$)", regex=True)
-    ).to_numpy(dtype=bool)
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
-
-def _checked_paths(
-    frame: pd.DataFrame, column: str, problems: list[RowProblem], table: Path, id_column: str | None
-) -> pd.Series:
-    """The path column; an empty, absolute or ``..`` path is a problem (``path_outside_root``)."""
-    paths = frame[column].fillna("").astype(str).str.strip()
-    bad = path_leaves_root(paths) & ~frame["_bad"].to_numpy(dtype=bool)
-    ids = frame.loc[bad, id_column] if id_column else [""] * int(bad.sum())
-    for line, row_id, value in zip(frame.loc[bad, "line"], ids, paths[bad], strict=True):
-        reason = "path is empty" if not value else f"{column} leaves the release folder"
-        problems.append(RowProblem(table, int(line), str(row_id), "path_outside_root", reason))
-    frame["_bad"] = frame["_bad"].to_numpy(dtype=bool) | bad
-    return paths
+    text = pa.array(paths.fillna("").astype(str).to_numpy(dtype=object), pa.string())
+    return _leaves_root(pc.utf8_trim_whitespace(text))
 
 
 def read_admissions(path: Path, problems: list[RowProblem] | None = None) -> pd.DataFrame:
     """admissions: subject_id, hadm_id (int64), admittime (datetime64); bad rows to `problems`."""
     problems = [] if problems is None else problems
-    frame = read_rows(path, ADMISSIONS_NEEDED, problems, id_column="hadm_id")
     types = {"hadm_id": "int", "subject_id": "int", "admittime": "datetime"}
-    return _typed(frame, types, problems, path, "hadm_id")[list(ADMISSIONS_NEEDED)]
+    frame = read_typed(path, ADMISSIONS_NEEDED, types, problems, id_column="hadm_id")
+    return frame[list(ADMISSIONS_NEEDED)]
 
 
 def read_ecg_record_list(path: Path, problems: list[RowProblem] | None = None) -> pd.DataFrame:
     """record_list.csv: subject_id, study_id (int64), ecg_time (datetime64), path (str)."""
     problems = [] if problems is None else problems
-    frame = read_rows(path, ECG_NEEDED, problems, id_column="study_id")
     types = {"study_id": "int", "subject_id": "int", "ecg_time": "datetime", "path": "path"}
-    return _typed(frame, types, problems, path, "study_id")[list(ECG_NEEDED)]
+    return read_typed(path, ECG_NEEDED, types, problems, id_column="study_id")[list(ECG_NEEDED)]
 
 
 def study_datetime(study_date: pd.Series, study_time: pd.Series) -> pd.Series:
@@ -435,18 +460,17 @@ def read_cxr_metadata(
     is reported in `problems` as ``bad_study_date``; a row without ids is left out.
     """
     problems = [] if problems is None else problems
-    frame = read_rows(metadata_path, CXR_METADATA_NEEDED, problems, id_column="dicom_id")
-    frame = _typed(
-        frame, {"subject_id": "int", "study_id": "int"}, problems, metadata_path, "dicom_id"
-    )
+    types = {"subject_id": "int", "study_id": "int"}
+    frame = read_typed(metadata_path, CXR_METADATA_NEEDED, types, problems, id_column="dicom_id")
     frame["dicom_id"] = frame["dicom_id"].astype(object)
     frame["cxr_time"] = study_datetime(frame["StudyDate"], frame["StudyTime"])
     _study_date_problems(frame, problems, metadata_path, frame["line"])
     frame["ViewPosition"] = frame["ViewPosition"].fillna("").astype(str).str.strip()
     frame = frame.drop(columns=["line"])
     if record_list_path is not None:
-        paths = read_rows(record_list_path, ("dicom_id", "path"), problems, id_column="dicom_id")
-        paths = _typed(paths, {"path": "path"}, problems, record_list_path, "dicom_id")
+        paths = read_typed(
+            record_list_path, ("dicom_id", "path"), {"path": "path"}, problems, "dicom_id"
+        )
         frame = frame.merge(paths.drop(columns=["line"]), on="dicom_id", how="left")
         # A row whose record-list path was refused is no candidate (not the layout's path).
         refused = {
@@ -492,9 +516,9 @@ def cxr_metadata_from_headers(
     from tqdm import tqdm
 
     problems = [] if problems is None else problems
-    frame = read_rows(record_list_path, CXR_RECORD_LIST_FOR_HEADERS, problems, id_column="dicom_id")
     types = {"subject_id": "int", "study_id": "int", "path": "path"}
-    frame = _typed(frame, types, problems, record_list_path, "dicom_id").drop(columns=["line"])
+    frame = read_typed(record_list_path, CXR_RECORD_LIST_FOR_HEADERS, types, problems, "dicom_id")
+    frame = frame.drop(columns=["line"])
     frame["dicom_id"] = frame["dicom_id"].astype(object)
     if subject_ids is not None:
         frame = frame[frame["subject_id"].isin(subject_ids)].reset_index(drop=True)
@@ -626,24 +650,26 @@ def scan_labevents(
 
     Rows that do not parse never stop the scan: a row with another number of fields, a
     repeated header line, an id or charttime that does not parse, and (among the chosen
-    rows) a value outside the lab catalogue's plausible range are `LabScan.problems`. Their
-    ``line`` counts records (a quoted value spanning lines shifts it); a row of the wrong
-    field count is named by its labevent_id only (the streaming parser knows no line). A
-    truncated or corrupt file raises InvalidTable naming it.
+    rows) a value that is not finite or lies outside the lab catalogue's impossible-value
+    bounds are `LabScan.problems`, each with its line. Lines count records (pyarrow's, read
+    single-threaded): a quoted comment spanning lines is one. A truncated or corrupt file
+    raises InvalidTable naming it.
     """
     import pyarrow as pa
     from tqdm import tqdm
 
     problems: list[RowProblem] = []
+    skipped: list[int] = []  # lines of the rows of a wrong field count
+    id_position = _column_position(path, "labevent_id")
 
     def wrong_field_count(row) -> str:
-        """pyarrow's handler: record the row by its id (never its text) and skip it."""
-        first = (row.text or "").split(",", 1)[0].strip()
+        """pyarrow's handler: record the row by its line and id (never its text), skip it."""
+        skipped.append(row.number)
         problems.append(
             RowProblem(
                 path,
-                None,
-                first if first.isdigit() else "",
+                row.number,
+                _field_id(row.text, id_position, "labevent_id"),
                 "bad_row",
                 f"{row.actual_columns} fields where the header has {row.expected_columns}",
             )
@@ -657,9 +683,9 @@ def scan_labevents(
         if subject_ids is not None
         else None
     )
-    # Every lab (top-K): the catalogue's ranges for the labs it knows.
+    # Every lab (top-K): the catalogue's impossible-value bounds for the labs it knows.
     catalogued = item_set.to_pylist() if item_set is not None else [i.itemid for i in LAB_ITEMS]
-    bounds = plausible_ranges(catalogued)
+    bounds = impossible_bounds_of(catalogued)
     numeric, malformed, rows = [], [], 0
     bar = tqdm(desc="labevents", unit=" rows", unit_scale=True, disable=not progress)
     while True:
@@ -672,14 +698,17 @@ def scan_labevents(
             detail = str(error) if isinstance(error, OSError) else type(error).__name__
             raise InvalidTable(
                 path,
-                f"cannot be read past about line {rows + len(problems) + 1} ({detail}): "
+                f"cannot be read past line {rows + len(skipped) + 1} ({detail}): "
                 "truncated or corrupt file, download it again",
             ) from None
         table = pa.Table.from_batches([batch])
-        first_line = rows + 2  # the header is line 1; bad-count rows are not in `rows`
+        # Each row's number among the kept rows: its line, with `skipped`, for problems.
+        table = table.append_column(
+            "_row", pa.array(np.arange(rows, rows + batch.num_rows, dtype=np.int64))
+        )
         rows += batch.num_rows
         bar.update(batch.num_rows)
-        table = _lab_block_types(table, first_line, path, problems)
+        table = _lab_block_types(table, skipped, path, problems)
         table, bad_values = _lab_block_values(table)
         if bad_values is not None:
             malformed.append(bad_values)
@@ -696,7 +725,7 @@ def scan_labevents(
                 keep, pa.compute.is_in(table.column("subject_id"), value_set=subject_set)
             )
         chosen = table.filter(keep)
-        numeric.append(_drop_implausible(chosen, bounds, path, problems))
+        numeric.append(_drop_implausible(chosen, bounds, path, problems, skipped))
     bar.close()
     numeric_frame = _concat(numeric, list(_LAB_COLUMNS))
     malformed_frame = _concat(malformed, ["labevent_id", "subject_id", "itemid", "valuenum_text"])
@@ -711,7 +740,8 @@ def _open_labevents(path: Path, block_size: int, invalid_row_handler):
     try:
         return pacsv.open_csv(
             path,
-            read_options=pacsv.ReadOptions(block_size=block_size),
+            # Single-threaded, the invalid-row handler is told each row's line.
+            read_options=pacsv.ReadOptions(block_size=block_size, use_threads=False),
             # Free-text columns (comments) may hold quoted newlines.
             parse_options=pacsv.ParseOptions(
                 newlines_in_values=True, invalid_row_handler=invalid_row_handler
@@ -727,7 +757,7 @@ def _open_labevents(path: Path, block_size: int, invalid_row_handler):
         raise InvalidTable(path, f"cannot be read ({detail}): download it again") from None
 
 
-def _lab_block_types(table, first_line: int, path: Path, problems: list[RowProblem]):
+def _lab_block_types(table, skipped: list[int], path: Path, problems: list[RowProblem]):
     """One block's ids as int64 and charttime as timestamp[s]; rows that do not parse are
     problems and dropped. The fast path casts the whole block at once."""
     import pyarrow as pa
@@ -738,24 +768,23 @@ def _lab_block_types(table, first_line: int, path: Path, problems: list[RowProbl
         columns = {c: pc.cast(table.column(c), pa.int64()) for c in ids}
         columns["charttime"] = pc.cast(table.column("charttime"), pa.timestamp("s"))
     except pa.ArrowInvalid:
-        return _lab_block_types_slow(table, first_line, path, problems)
+        return _lab_block_types_slow(table, skipped, path, problems)
     for name, column in columns.items():
         table = table.set_column(table.schema.get_field_index(name), name, column)
     return table
 
 
-def _lab_block_types_slow(table, first_line: int, path: Path, problems: list[RowProblem]):
+def _lab_block_types_slow(table, skipped: list[int], path: Path, problems: list[RowProblem]):
     """Row by row of a block that holds some unparseable cell: find it, report it, drop it."""
     import pyarrow as pa
 
     frame = table.to_pandas()
+    lines = lines_of_kept(frame["_row"].to_numpy(), skipped)
     bad = np.zeros(len(frame), dtype=bool)
     header = frame["labevent_id"].astype(str).str.strip() == "labevent_id"
     for position in np.flatnonzero(header.to_numpy()):
         problems.append(
-            RowProblem(
-                path, first_line + int(position), "", "repeated_header", "the header line again"
-            )
+            RowProblem(path, int(lines[position]), "", "repeated_header", "the header line again")
         )
     bad |= header.to_numpy()
     parsed = {}
@@ -768,7 +797,7 @@ def _lab_block_types_slow(table, first_line: int, path: Path, problems: list[Row
             ~good.to_numpy(dtype=bool) & ~bad,
             column,
             "is not a whole number",
-            first_line,
+            lines,
             path,
             problems,
         )
@@ -781,7 +810,7 @@ def _lab_block_types_slow(table, first_line: int, path: Path, problems: list[Row
         unparsed & ~bad,
         "charttime",
         "does not parse as a date and time",
-        first_line,
+        lines,
         path,
         problems,
     )
@@ -793,7 +822,8 @@ def _lab_block_types_slow(table, first_line: int, path: Path, problems: list[Row
     ]
     arrays.append(pa.array(times[keep].astype("datetime64[s]"), pa.timestamp("s")))
     arrays.append(table.column("valuenum").filter(pa.array(keep)))
-    return pa.Table.from_arrays(arrays, names=list(_LAB_COLUMNS))
+    arrays.append(table.column("_row").filter(pa.array(keep)))
+    return pa.Table.from_arrays(arrays, names=[*_LAB_COLUMNS, "_row"])
 
 
 def _report(
@@ -801,7 +831,7 @@ def _report(
     bad: np.ndarray,
     column: str,
     what: str,
-    first_line: int,
+    lines: np.ndarray,
     path: Path,
     problems: list[RowProblem],
 ) -> None:
@@ -810,7 +840,7 @@ def _report(
     for position in np.flatnonzero(bad):
         row_id = ids.iloc[position] if ids.iloc[position].isdigit() else ""
         problems.append(
-            RowProblem(path, first_line + int(position), row_id, "bad_value", f"{column} {what}")
+            RowProblem(path, int(lines[position]), row_id, "bad_value", f"{column} {what}")
         )
 
 
@@ -836,36 +866,43 @@ def _lab_block_values(table):
     return table, malformed
 
 
-def _drop_implausible(table, bounds: dict[int, tuple[float, float]], path: Path, problems):
-    """Rows of catalogued labs whose value lies outside the plausible range: problems, dropped."""
+def _drop_implausible(
+    table, bounds: dict[int, tuple[float, float]], path: Path, problems, skipped: list[int]
+):
+    """Rows whose value is not finite, or outside a catalogued lab's impossible_bounds:
+    problems (with their line), dropped."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    if not bounds or table.num_rows == 0:
+    if table.num_rows == 0:
         return table
-    known = pa.array(sorted(bounds), pa.int64())
-    index = pc.index_in(table.column("itemid"), value_set=known)
-    low = pc.take(pa.array([bounds[i][0] for i in known.to_pylist()], pa.float64()), index)
-    high = pc.take(pa.array([bounds[i][1] for i in known.to_pylist()], pa.float64()), index)
     value = table.column("valuenum")
-    outside = pc.fill_null(pc.or_(pc.less(value, low), pc.greater(value, high)), False)
+    outside = pc.invert(pc.is_finite(value))
+    if bounds:
+        known = pa.array(sorted(bounds), pa.int64())
+        index = pc.index_in(table.column("itemid"), value_set=known)
+        low = pc.take(pa.array([bounds[i][0] for i in known.to_pylist()], pa.float64()), index)
+        high = pc.take(pa.array([bounds[i][1] for i in known.to_pylist()], pa.float64()), index)
+        beyond = pc.fill_null(pc.or_(pc.less(value, low), pc.greater(value, high)), False)
+        outside = pc.or_(outside, beyond)
+    outside = pc.fill_null(outside, False)
     if not pc.any(outside).as_py():
         return table
     flagged = table.filter(outside)
-    for labevent_id, itemid in zip(
-        flagged.column("labevent_id").to_pylist(), flagged.column("itemid").to_pylist(), strict=True
+    lines = lines_of_kept(flagged.column("_row").to_numpy(), skipped)
+    for labevent_id, itemid, line in zip(
+        flagged.column("labevent_id").to_pylist(),
+        flagged.column("itemid").to_pylist(),
+        lines,
+        strict=True,
     ):
-        item = lab_by_itemid(itemid)
-        problems.append(
-            RowProblem(
-                path,
-                None,
-                str(labevent_id),
-                "implausible_value",
-                f"{item.label} outside the plausible {item.plausible_low:g} to "
-                f"{item.plausible_high:g} {item.unit}",
-            )
-        )
+        if itemid in bounds:
+            item = lab_by_itemid(itemid)
+            low, high = bounds[itemid]
+            reason = f"{item.label} outside the possible {low:g} to {high:g} {item.unit}".rstrip()
+        else:
+            reason = f"lab {itemid}: value is not a finite number"
+        problems.append(RowProblem(path, int(line), str(labevent_id), "implausible_value", reason))
     return table.filter(pc.invert(outside))
 
 

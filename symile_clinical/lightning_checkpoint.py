@@ -31,10 +31,14 @@ ALLOWED_GLOBALS: tuple[type, ...] = (
     argparse.Namespace,
     pathlib.Path,
     pathlib.PosixPath,
-    pathlib.WindowsPath,
     pathlib.PurePath,
     pathlib.PurePosixPath,
     pathlib.PureWindowsPath,
+)
+# A checkpoint saved on Windows names pathlib.WindowsPath, which cannot be built on this
+# system (NotImplementedError): it is rebuilt as the PureWindowsPath of the same parts.
+SUBSTITUTED_GLOBALS: tuple[tuple[type, str], ...] = (
+    (pathlib.PureWindowsPath, "pathlib.WindowsPath"),
 )
 
 
@@ -60,7 +64,8 @@ class LightningCheckpoint:
 
 
 def _allowed_names() -> set[str]:
-    return {f"{cls.__module__}.{cls.__qualname__}" for cls in ALLOWED_GLOBALS}
+    own = {f"{cls.__module__}.{cls.__qualname__}" for cls in ALLOWED_GLOBALS}
+    return own | {name for _, name in SUBSTITUTED_GLOBALS}
 
 
 def _refusal(path: Path) -> LightningCheckpointError:
@@ -104,10 +109,14 @@ def read_lightning_checkpoint(path: str | Path) -> LightningCheckpoint:
     if not path.is_file():
         raise LightningCheckpointError(path, "no such checkpoint file")
     try:
-        with torch.serialization.safe_globals(list(ALLOWED_GLOBALS)):
+        with torch.serialization.safe_globals([*ALLOWED_GLOBALS, *SUBSTITUTED_GLOBALS]):
             content = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as error:
         raise _refusal(path) from error
+    except NotImplementedError as error:  # an allowed type this system cannot build
+        raise LightningCheckpointError(
+            path, f"its pickle builds an object this system cannot make ({error})"
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
         raise LightningCheckpointError(
             path, f"truncated or not a torch.save file ({type(error).__name__})"

@@ -2,7 +2,7 @@
 
 ```
 RUN/
-  config.json  metrics.jsonl  compare.json  tensorboard/
+  config.json  metrics.jsonl  compare.json  study_result.json  tensorboard/
   checkpoints/last.pt  checkpoints/last.prev.pt  checkpoints/best.pt
   index/   (symile_clinical.index)      report/   (symile_clinical.report)
 ```
@@ -68,6 +68,7 @@ class RunDir(FormatDir):
     INDEX = "index"
     REPORT = "report"
     COMPARE = "compare.json"
+    STUDY_RESULT = "study_result.json"
 
     # ------------------------------------------------------------------ file names
     @property
@@ -123,6 +124,11 @@ class RunDir(FormatDir):
         from symile_clinical.report import MARKDOWN_FILE
 
         return self.report_dir / MARKDOWN_FILE
+
+    @property
+    def study_result(self) -> Path:
+        """RUN/study_result.json: this run's test result as `symile-clinical study` measured it."""
+        return self.path / self.STUDY_RESULT
 
     @property
     def compare_path(self) -> Path:

@@ -186,7 +186,7 @@ def run_cell(
 
     torch.set_num_threads(1)
     run = RunDir(Path(runs_root) / cell.key)
-    result_path = run.path / "study_result.json"
+    result_path = run.study_result
     config = cell_config(cell, max_steps)
     if result_path.exists():
         result = json.loads(result_path.read_text())

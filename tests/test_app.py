@@ -60,7 +60,8 @@ def result_images(app: AppTest) -> list[str]:
 
 
 def markdown_tables(app: AppTest) -> list:
-    """The Markdown tables of the page (rankings side by side, lab effects) as DataFrames."""
+    """The Markdown tables of the page (rankings side by side, lab effects, the labs) as
+    DataFrames."""
     import pandas as pd
 
     tables = []
@@ -90,7 +91,7 @@ def test_admission_page_ranks_the_paper_candidates(app: AppTest) -> None:
     assert "True CXR rank:" in shown and "of 4" in shown  # the factory's 4 candidates
     assert len(result_images(app)) == 4
     assert "TRUE CXR" in captions(app)
-    labs = next(d.value for d in app.dataframe if "status" in d.value.columns)
+    labs = next(t for t in markdown_tables(app) if "status" in t.columns)
     assert len(labs) == N_LABS and set(labs["status"]) <= {"observed", "missing"}
 
 
@@ -141,7 +142,7 @@ def test_upload_page_ranks_an_uploaded_record_and_labs(app: AppTest, record) -> 
     assert "2 lab values read" in texts(app.success)
     assert app.session_state["lab_50000"] == pytest.approx(4.2)
     assert len(result_images(app)) == 10
-    labs = next(d.value for d in app.dataframe if "status" in d.value.columns)
+    labs = next(t for t in markdown_tables(app) if "status" in t.columns)
     assert list(labs["status"]).count("observed") == 2
     # Editing a value in the form re-ranks; the CSV does not overwrite the edit.
     app.number_input(key="lab_50005").set_value(3.0).run()
@@ -159,7 +160,7 @@ def test_upload_page_accepts_a_zip_and_form_only_labs(app: AppTest, record) -> N
     app.run()
     assert not app.exception and not app.error, texts(app.error)
     assert len(result_images(app)) == 10
-    labs = next(d.value for d in app.dataframe if "status" in d.value.columns)
+    labs = next(t for t in markdown_tables(app) if "status" in t.columns)
     assert set(labs["status"]) == {"missing"}  # no labs at all is allowed
 
 

@@ -147,7 +147,8 @@ def test_allow_host_adds_a_name(app_command: tuple) -> None:
 
 def test_the_run_is_loaded_before_the_server_answers(app_command: tuple) -> None:
     _, _, log = app_command
-    assert "model, 24 candidates and thumbnails loaded" in log.read_text()
+    # The factory's 24 test admissions are prepared within the start-up budget too.
+    assert "model, 24 candidates, thumbnails and 24 admissions loaded" in log.read_text()
 
 
 def test_allowed_names_and_header_parsing() -> None:
@@ -165,3 +166,19 @@ def test_allowed_names_and_header_parsing() -> None:
         assert not is_allowed(bad, ["localhost"])
     assert is_allowed("a.ward.example:1", ["*.ward.example"])
     assert not is_allowed("ward.example.evil:1", ["*.ward.example"])
+
+
+def test_the_app_command_repeats_every_setting_of_config_toml() -> None:
+    import tomllib
+
+    from app.commands import streamlit_command
+
+    settings = tomllib.loads((ROOT / "app" / ".streamlit" / "config.toml").read_text())
+    command = streamlit_command(Path("run"), "127.0.0.1", 8501)
+    flags = dict(a[2:].split("=", 1) for a in command if a.startswith("--") and "=" in a)
+    for section, options in settings.items():
+        for name, value in options.items():
+            expected = str(value).lower() if isinstance(value, bool) else str(value)
+            assert flags[f"{section}.{name}"] == expected, f"{section}.{name}"
+    # No forced full collection after each page run (the largest cost of a query).
+    assert settings["runner"]["postScriptGC"] is False

@@ -126,3 +126,50 @@ def test_positions_of_rows_refuses_a_row_the_index_does_not_hold(runs) -> None:
     np.testing.assert_array_equal(index.positions_of_rows(rows[::-1]), np.arange(len(rows))[::-1])
     with pytest.raises(KeyError):
         index.positions_of_rows(np.array([10_000]))
+
+
+def test_result_thumbnails_are_data_uris_of_the_stored_pixels(runs) -> None:
+    import base64
+
+    _, run, _ = runs
+    context = served_run(run)
+    uri = context.thumbnail_uri(4)
+    assert uri.startswith("data:image/png;base64,")
+    pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))))
+    np.testing.assert_array_equal(pixels, np.asarray(context.index.thumbnails[4]))
+
+
+def test_the_ecg_envelope_keeps_every_column_extreme_in_trace_order() -> None:
+    from app.figures import envelope
+
+    rng = np.random.default_rng(3)
+    signal = rng.normal(size=(12, 5000)).astype(np.float32)
+    signal[4, 1234] = 25.0  # a one-sample spike must survive the reduction
+    x, traces = envelope(signal, 480)
+    assert traces.shape == (12, 960) and x.shape == (960,)
+    np.testing.assert_array_equal(traces.max(axis=1), signal.max(axis=1))
+    np.testing.assert_array_equal(traces.min(axis=1), signal.min(axis=1))
+    assert (np.diff(x) >= 0).all() and x[0] == 0 and x[-1] == 4999
+    columns = traces.reshape(12, 480, 2)
+    for lead, column in ((4, 118), (0, 7)):
+        start, end = int(x[2 * column]), int(x[2 * column + 1])
+        part = signal[lead, start : end + 1]
+        assert set(columns[lead, column]) == {part.min(), part.max()}
+        # Low first where the trace rises over the column, high first where it falls.
+        assert (columns[lead, column, 0] == part.min()) == (part[0] <= part[-1])
+    short = signal[:, :700]  # fewer than two samples per column: drawn as it is
+    x_short, same = envelope(short, 480)
+    assert same is short and len(x_short) == 700
+
+
+def test_labs_tables_are_markdown_with_missing_values_empty() -> None:
+    import pandas as pd
+
+    from app.tables import labs_markdown
+
+    table = pd.DataFrame(
+        {"lab": ["Na|K", "Hb"], "percentile": [0.25, None], "status": ["observed", "missing"]}
+    )
+    lines = labs_markdown(table).splitlines()
+    assert lines[:2] == ["| lab | percentile | status |", "|---|---|---|"]
+    assert lines[2:] == ["| Na\\|K | 0.25 | observed |", "| Hb |  | missing |"]

@@ -273,7 +273,8 @@ def test_fast_path_leaves_other_formats_to_wfdb(shared_data: Path) -> None:
 
 
 def test_header_rewritten_to_eight_signals_is_invalid(tmp_path: Path) -> None:
-    """A header that declares 8 x 7500 over a 12 x 5000 .dat (same byte count)."""
+    """A header that declares 8 x 7500 over a 12 x 5000 .dat (same byte count): refused from
+    the header, since 8 signals cannot hold the 12 leads."""
     path = write_record(tmp_path, "eight", lead_signals())
     header = path.with_suffix(".hea")
     lines = header.read_text().splitlines()
@@ -282,4 +283,28 @@ def test_header_rewritten_to_eight_signals_is_invalid(tmp_path: Path) -> None:
     header.write_text("\n".join([" ".join(fields), *lines[1:9]]) + "\n")
     with pytest.raises(InvalidRecord) as caught:
         load_ecg_record(path)
+    assert caught.value.kind == "missing_leads" and caught.value.path == str(header)
+
+
+def test_header_rewritten_to_sixteen_signals_fails_its_checksums(tmp_path: Path) -> None:
+    """A header that declares 16 x 3750 over a 12 x 5000 .dat (same byte count)."""
+    path = write_record(tmp_path, "sixteen", lead_signals())
+    header = path.with_suffix(".hea")
+    lines = header.read_text().splitlines()
+    fields = lines[0].split()
+    fields[1], fields[3] = "16", "3750"
+    header.write_text("\n".join([" ".join(fields), *lines[1:13], *lines[1:5]]) + "\n")
+    with pytest.raises(InvalidRecord) as caught:
+        load_ecg_record(path)
     assert caught.value.kind == "checksum" and caught.value.path == str(header)
+
+
+def test_multi_segment_header_is_refused(tmp_path: Path) -> None:
+    # A real record as its one segment, behind a multi-segment master header.
+    write_record(tmp_path, "seg1", lead_signals())
+    master = tmp_path / "multi.hea"
+    master.write_text("multi/1 12 500 5000\nseg1 5000\n")
+    with pytest.raises(InvalidRecord) as caught:
+        load_ecg_record(tmp_path / "multi")
+    assert caught.value.kind == "bad_header"
+    assert "multi-segment records are not supported" in caught.value.reason

@@ -137,21 +137,24 @@ def damage_tables(root: Path, damage: Damage, cohort_subjects: set[int]) -> None
         "tables", "bad_study_date", str(layout.CXR_DIR / layout.CXR_METADATA_FILE), dicom, 8
     )
 
-    # labevents: a bad charttime, too few and too many fields, a repeated header, and
-    # creatinine -5 and potassium 1e308 for cohort patients.
+    # labevents: a bad charttime, too few and too many fields, a repeated header, two
+    # malformed rows that read alike (no id, same field count: only their lines differ),
+    # and creatinine -5 and potassium 1e308 for cohort patients. Every row by its line.
     path = hosp / layout.LABEVENTS_FILE
     lines = read_lines(path)
     file = str(layout.HOSP_DIR / layout.LABEVENTS_FILE)
+    marked: list[tuple[str, str, str]] = []  # (damaged line text, kind, id)
     lines[5] = set_field(lines[5], 6, "not-a-date")
-    damage.expect("labs", "bad_value", file, lines[5].split(",")[0], 6)
+    marked.append((lines[5], "bad_value", lines[5].split(",")[0]))
     short_id = lines[9].split(",")[0]
     lines[9] = ",".join(lines[9].split(",")[:5])
-    damage.expect("labs", "bad_row", file, short_id)
+    marked.append((lines[9], "bad_row", short_id))
     long_id = lines[11].split(",")[0]
     lines[11] = lines[11] + ",extra"
-    damage.expect("labs", "bad_row", file, long_id)
+    marked.append((lines[11], "bad_row", long_id))
     lines.insert(20, lines[0])
-    damage.expect("labs", "repeated_header", file, "")
+    for index in (24, 27):
+        lines[index] = "x,y,z"
     for itemid, value in (("50912", "-5"), ("50971", "1e308")):
         index = next(
             i
@@ -159,8 +162,13 @@ def damage_tables(root: Path, damage: Damage, cohort_subjects: set[int]) -> None
             if line.split(",")[4] == itemid and int(line.split(",")[1]) in cohort_subjects
         )
         lines[index] = set_field(set_field(lines[index], 8, value), 9, value)
-        damage.expect("labs", "implausible_value", file, lines[index].split(",")[0])
+        marked.append((lines[index], "implausible_value", lines[index].split(",")[0]))
     write_lines(path, lines)
+    for text, kind, row_id in marked:
+        damage.expect("labs", kind, file, row_id, lines.index(text) + 1)
+    damage.expect("labs", "repeated_header", file, "", 21)
+    damage.expect("labs", "bad_row", file, "", 25)
+    damage.expect("labs", "bad_row", file, "", 28)
 
 
 def rewrite_header(header: Path, record_line=None, first_signal=None) -> None:
@@ -295,7 +303,27 @@ def test_damaged_admissions_are_not_in_the_tensors(damaged, damaged_run) -> None
     assert not (set(manifest["hadm_id"].astype(int)) & damage.rejected_hadm)
     # Everything else of the clean run that no damage touched is still there.
     untouched = set(clean["hadm_id"].astype(int)) - damage.rejected_hadm
-    assert len(set(manifest["hadm_id"].astype(int)) & untouched) >= len(untouched) - 8
+    # Exactly the admissions whose chosen ECG or CXR row of a table was damaged may be lost
+    # (another file in the window may replace it); each lost one is in quarantine.csv.
+    damaged_ids = {
+        e["id"] for e in damage.expected if e["stage"] == "tables" and e["kind"] != "bad_row"
+    }
+    affected = set(
+        clean.loc[
+            clean["ecg_study_id"].astype(str).isin(damaged_ids)
+            | clean["dicom_id"].isin(damaged_ids),
+            "hadm_id",
+        ].astype(int)
+    )
+    lost = untouched - set(manifest["hadm_id"].astype(int))
+    assert lost <= affected, (lost, affected)
+    rows = quarantine(out)
+    cohort_ids = set(rows.loc[rows["stage"] == "cohort", "id"].astype(int))
+    assert lost <= cohort_ids
+    # Kept affected admissions now use another file, never the damaged row's.
+    kept = manifest[manifest["hadm_id"].astype(int).isin(affected)]
+    assert not kept["ecg_study_id"].astype(str).isin(damaged_ids).any()
+    assert not kept["dicom_id"].isin(damaged_ids).any()
     for column in ("ecg_path", "cxr_path"):
         assert not manifest[column].str.contains(r"\.\.|^/", regex=True).any()
 
@@ -328,6 +356,9 @@ def test_counts_reconcile(damaged_run) -> None:
         (rows["stage"] == "labs").sum()
     )
     assert labs["quarantined_other"]["implausible_value"] == 2
+    # Two malformed rows that read alike are two rows (the second is not merged away).
+    assert labs["quarantined_other"]["bad_row"] == 4
+    assert counts["table_rows_left_out"] == counts["table_rows_quarantined"]["tables"]
     for stage in ("ecg", "cxr"):
         files = counts[f"{stage}_files"]
         assert files["ok"] + sum(files["rejected"].values()) == files["read"]
@@ -479,8 +510,154 @@ LABS_SPEC = [
 @pytest.mark.parametrize("value", ["-5", "1e308"])
 def test_app_lab_upload_refuses_implausible_values(value: str) -> None:
     data = f"itemid,value\n50912,{value}\n50971,4.1\n".encode()
-    with pytest.raises(UploadError, match=r"plausible 0\.1 to 25 mg/dL") as caught:
+    with pytest.raises(UploadError, match=r"possible 0 to 150 mg/dL") as caught:
         read_labs_csv("labs.csv", data, LABS_SPEC)
     assert value not in caught.value.reason
     ok = read_labs_csv("labs.csv", b"itemid,value\n50912,1.1\n50971,4.1\n", LABS_SPEC)
     assert ok == {50912: 1.1, 50971: 4.1}
+
+
+def record_list(path: Path, rows: int) -> list[str]:
+    """A record_list.csv of `rows` rows in MIMIC-IV-ECG's schema; its lines."""
+    lines = [",".join(layout.ECG_RECORD_LIST_COLUMNS)]
+    for n in range(rows):
+        subject, study = 10_000_000 + n // 4, 40_000_000 + n
+        lines.append(
+            f"{subject},{study},{study},2180-01-01 {n % 24:02d}:00:00,"
+            f"files/p{subject // 10**4:04d}/p{subject}/s{study}/{study}"
+        )
+    return lines
+
+
+def test_table_rows_are_named_by_their_exact_line(tmp_path: Path) -> None:
+    from preprocessing.tables import read_ecg_record_list
+
+    lines = record_list(tmp_path, 200_000)
+    lines[10] = ",".join(lines[10].split(",")[:4])  # too few fields
+    lines[150_000] = lines[150_000] + ",extra"  # too many
+    lines.insert(120_000, lines[0])  # the header again
+    lines[199_000] = set_field(lines[199_000], 3, "garbage-time")
+    lines[199_500] = set_field(lines[199_500], 4, "../../etc/x")
+    lines.append("123,456")  # a short last row
+    path = tmp_path / "record_list.csv.gz"
+    write_lines(path, lines)
+    problems = []
+    frame = read_ecg_record_list(path, problems)
+    found = sorted((p.line, p.kind) for p in problems)
+    assert found == [
+        (11, "bad_row"),
+        (120_001, "repeated_header"),
+        (150_002, "bad_row"),
+        (199_001, "bad_value"),
+        (199_501, "path_outside_root"),
+        (len(lines), "bad_row"),
+    ]
+    assert len(frame) == len(lines) - 1 - len(found)
+    # Kept rows keep their ids and order; a row after the bad ones is the file's.
+    assert frame["study_id"].iloc[-1] == int(lines[-2].split(",")[1])
+
+
+def labevents_lines(rows: int) -> list[str]:
+    """labevents rows in MIMIC-IV's schema (creatinine and potassium, alternating)."""
+    lines = [",".join(layout.LABEVENTS_COLUMNS)]
+    for n in range(rows):
+        itemid, value = ("50912", "1.1") if n % 2 else ("50971", "4.2")
+        lines.append(
+            f"{n + 1},{10_000_000 + n % 50},,{n},{itemid},,2180-01-01 10:00:00,"
+            f'2180-01-01 11:00:00,{value},{value},mg/dL,,,,ROUTINE,"ok"'
+        )
+    return lines
+
+
+def test_labevents_problems_are_named_by_their_line_across_blocks(tmp_path: Path) -> None:
+    from preprocessing.tables import scan_labevents
+
+    lines = labevents_lines(60_000)
+    lines[100] = "x,y,z"
+    lines[101] = "x,y,z"  # reads alike: only its line tells it apart
+    lines[30_000] = set_field(lines[30_000], 6, "not-a-date")
+    lines.insert(40_000, lines[0])
+    lines[55_000] = set_field(set_field(lines[55_000], 8, "-5"), 9, "-5")
+    lines[59_000] = lines[59_000] + ",extra"
+    path = tmp_path / "labevents.csv.gz"
+    write_lines(path, lines)
+    scan = scan_labevents(path, [50912, 50971], block_size=1 << 16)
+    found = sorted((p.line, p.kind) for p in scan.problems)
+    creatinine = int(lines[55_000].split(",")[4]) == 50912
+    assert found == [
+        (101, "bad_row"),
+        (102, "bad_row"),
+        (30_001, "bad_value"),
+        (40_001, "repeated_header"),
+        (55_001, "implausible_value"),
+        (59_001, "bad_row"),
+    ], found
+    assert creatinine or "Potassium" in next(p.reason for p in scan.problems if p.line == 55_001)
+    assert scan.rows_read == len(lines) - 1 - 3  # three rows of a wrong field count
+    assert len(scan.numeric) == scan.rows_read - 3
+
+
+def test_real_extreme_lab_values_are_kept_impossible_ones_refused(tmp_path: Path) -> None:
+    from preprocessing.lab_catalog import impossible_bounds, plausible_range
+    from preprocessing.tables import scan_labevents
+
+    # Recorded in patients (rhabdomyolysis, ischaemic hepatitis, hyperosmolar coma, ...),
+    # all outside the generator's ranges: kept. Then values no sample can have: refused.
+    extremes = {"50910": "150000", "50861": "15000", "50931": "2000", "50971": "10"}
+    extremes["50912"] = "0.05"
+    impossible = {"50912": "-5", "50971": "1e308", "50931": "inf"}
+    lines = labevents_lines(0)
+    for n, (itemid, value) in enumerate([*extremes.items(), *impossible.items()]):
+        lines.append(
+            f"{n + 1},10000001,,{n},{itemid},,2180-01-01 10:00:00,2180-01-01 11:00:00,"
+            f"{value},{value},,,,,ROUTINE,"
+        )
+    path = tmp_path / "labevents.csv"
+    write_lines(path, lines)
+    scan = scan_labevents(path, [int(i) for i in extremes])
+    kept = dict(zip(scan.numeric["itemid"], scan.numeric["valuenum"], strict=True))
+    assert kept == {int(i): float(v) for i, v in extremes.items()}
+    for itemid, value in extremes.items():
+        low, high = plausible_range(int(itemid))
+        assert not low <= float(value) <= high  # the generator's range would have dropped it
+    refused = sorted((p.line, p.kind) for p in scan.problems)
+    assert refused == [(7, "implausible_value"), (8, "implausible_value"), (9, "implausible_value")]
+    assert impossible_bounds(50912) == (0.0, 150.0)
+    labs = [
+        {"itemid": 50910, "label": "Creatine Kinase (CK)", "unit": "IU/L"},
+        {"itemid": 50931, "label": "Glucose", "unit": "mg/dL"},
+    ]
+    assert read_labs_csv("labs.csv", b"itemid,value\n50910,150000\n50931,2000\n", labs) == {
+        50910: 150000.0,
+        50931: 2000.0,
+    }
+
+
+def test_identical_table_quarantine_rows_are_all_kept() -> None:
+    from preprocessing.quarantine import quarantine_frame
+
+    row = {"id": "", "file": "hosp/labevents.csv.gz", "stage": "labs", "reason": "bad_row: x"}
+    shared = {"id": "7", "file": "files/a.hea", "stage": "ecg", "reason": "bad_header: x"}
+    frame = quarantine_frame([row, dict(row), {**row, "stage": "tables"}, shared, dict(shared)])
+    assert list(frame["stage"]) == ["tables", "ecg", "labs", "labs"]
+
+
+def test_checkpoint_naming_a_windows_path_is_read(tmp_path: Path) -> None:
+    import pathlib
+
+    from symile_clinical.lightning_checkpoint import read_lightning_checkpoint
+
+    class SavedOnWindows:
+        """Pickles as pathlib.WindowsPath, as a checkpoint saved on Windows does."""
+
+        def __reduce__(self):
+            return (pathlib.WindowsPath, ("C:\\data\\run", "fold1"))
+
+    path = tmp_path / "windows.ckpt"
+    torch.save(
+        {"state_dict": {"w": torch.zeros(2)}, "hyper_parameters": {"root": SavedOnWindows()}},
+        path,
+    )
+    content = read_lightning_checkpoint(path)
+    assert content.hyper_parameters == {"root": "C:\\data\\run\\fold1"}
+    assert torch.equal(content.state_dict["w"], torch.zeros(2))

@@ -40,12 +40,13 @@ from preprocessing.cxr import load_cxr_image
 from preprocessing.errors import InvalidRecord
 from app.uploads import UploadError, read_ecg_upload
 
-def address_space():
+def address_space(field="VmSize:"):
     for line in open("/proc/self/status"):
-        if line.startswith("VmSize:"):
+        if line.startswith(field):
             return int(line.split()[1]) * 1024
 
 baseline = address_space()
+peak_before = address_space("VmPeak:")
 limit = baseline + int(sys.argv[3])
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 kind, path = sys.argv[1], sys.argv[2]
@@ -57,17 +58,20 @@ try:
     elif kind == "upload":
         files = [(name, open(f"{path}/{name}", "rb").read()) for name in sys.argv[4:]]
         read_ecg_upload(files, "minmax")
-    print(json.dumps({"outcome": "accepted"}))
+    outcome = {"outcome": "accepted"}
 except (InvalidRecord, UploadError) as error:
-    print(json.dumps({"outcome": "refused", "kind": getattr(error, "kind", ""),
-                      "reason": error.reason}))
+    outcome = {"outcome": "refused", "kind": getattr(error, "kind", ""), "reason": error.reason}
 except MemoryError:
-    print(json.dumps({"outcome": "memory_error"}))
+    outcome = {"outcome": "memory_error"}
+# How far the read raised the address space's peak (MB): what it allocated at most.
+outcome["grown_mb"] = (address_space("VmPeak:") - peak_before) / 2**20
+print(json.dumps(outcome))
 """
 
 
-def run_bounded(kind: str, path: Path, *names: str) -> dict:
-    """Run one case under RLIMIT_AS = baseline + 1 GB; its JSON outcome."""
+def run_bounded(kind: str, path: Path, *names: str, growth: bool = False) -> dict:
+    """Run one case under RLIMIT_AS = baseline + 1 GB; its JSON outcome (with `grown_mb`,
+    the MB its read raised the peak address space by, when `growth`)."""
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
@@ -84,7 +88,9 @@ def run_bounded(kind: str, path: Path, *names: str) -> dict:
         check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    outcome = json.loads(done.stdout.strip().splitlines()[-1])
+    grown = outcome.pop("grown_mb")
+    return {**outcome, "grown_mb": grown} if growth else outcome
 
 
 def write_ecg(folder: Path, name: str = "40000001") -> Path:
@@ -134,8 +140,62 @@ def test_uploaded_ecg_with_implausible_fs_refused_in_bounded_memory(
     assert "sampling frequency" in outcome["reason"] and "plausible" in outcome["reason"]
 
 
-def rle_dicom(path: Path, rows: int, columns: int) -> Path:
-    """A real RLE Lossless DICOM of 64 x 64 pixels whose header then declares rows x columns."""
+def ecg_without_sig_len(folder: Path, signals: int, fmt: str, dat_bytes: int) -> Path:
+    """A real record written with wfdb in format `fmt` (16 or 80), its .dat grown to
+    `dat_bytes` with samples of 0 (so its checksums still hold: the reader gets as far as
+    decoding) and the number of samples removed from its record line (WFDB then reads the
+    whole file)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    t = np.arange(5000) / 500.0
+    signal = np.stack([0.5 * np.sin(2 * np.pi * (1 + i / 10) * t) for i in range(signals)], 1)
+    wfdb.wrsamp(
+        "40000002",
+        fs=500,
+        units=["mV"] * signals,
+        sig_name=list(MIMIC_ECG_LEADS[:signals]),
+        p_signal=signal,
+        fmt=[fmt] * signals,
+        adc_gain=[100.0] * signals,
+        baseline=[0] * signals,
+        write_dir=str(folder),
+    )
+    header = folder / "40000002.hea"
+    dat = header.with_suffix(".dat")
+    zero = b"\x80" if fmt == "80" else b"\x00"  # format 80 is offset binary: 0 is 0x80
+    with open(dat, "ab") as handle:
+        handle.write(zero * (dat_bytes - dat.stat().st_size))
+    lines = header.read_text().splitlines()
+    lines[0] = " ".join(lines[0].split()[:3])  # name, signals, fs: no sig_len
+    header.write_text("\n".join(lines) + "\n")
+    return header
+
+
+@pytest.mark.parametrize(("signals", "fmt"), [(12, "80"), (1, "80")])
+def test_ecg_without_sig_len_and_a_60_mb_signal_file_refused_in_bounded_memory(
+    tmp_path: Path, signals: int, fmt: str
+) -> None:
+    header = ecg_without_sig_len(tmp_path, signals, fmt, 60 * 2**20)
+    assert len(header.read_text().splitlines()[0].split()) == 3
+    outcome = run_bounded("ecg", header, growth=True)
+    assert outcome["outcome"] == "refused", outcome
+    # Refused from the header and the file's size: no sample read (decoding would take
+    # over 500 MB before any duration could be seen).
+    assert outcome["grown_mb"] < 100, outcome
+    if signals == 12:  # 60 MiB / (12 signals x 1 byte) at 500 Hz: 10485.8 s (1 GB decoded)
+        assert outcome["kind"] == "too_long" and "10485.8 s long" in outcome["reason"]
+    else:  # the 12 leads are needed anyway: refused before the file's size matters
+        assert outcome["kind"] == "missing_leads" and "declares 1 signals" in outcome["reason"]
+
+
+@pytest.mark.parametrize("fmt", ["16", "80"])
+def test_ecg_without_sig_len_of_ordinary_size_still_reads(tmp_path: Path, fmt: str) -> None:
+    header = ecg_without_sig_len(tmp_path, 12, fmt, 12 * 5000 * (2 if fmt == "16" else 1))
+    assert run_bounded("ecg", header) == {"outcome": "accepted"}
+
+
+def rle_dicom(path: Path, rows: int, columns: int, bits: int | None = None) -> Path:
+    """A real RLE Lossless DICOM of 64 x 64 pixels whose header then declares rows x columns
+    (and, when given, `bits` BitsAllocated)."""
     ds = pydicom.Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
@@ -154,6 +214,8 @@ def rle_dicom(path: Path, rows: int, columns: int) -> Path:
     ds.save_as(path, enforce_file_format=True)
     declared = pydicom.dcmread(path)
     declared.Rows, declared.Columns = rows, columns  # the lie: only the header changes
+    if bits is not None:
+        declared.BitsAllocated, declared.BitsStored, declared.HighBit = bits, bits, bits - 1
     declared.save_as(path)
     return path
 
@@ -168,6 +230,14 @@ def test_rle_dicom_declaring_60000_squared_refused_in_bounded_memory(tmp_path: P
         "reason": outcome["reason"],
     }
     assert "60000 x 60000" in outcome["reason"]
+
+
+def test_dicom_under_the_pixel_limit_but_over_the_decoded_bytes_refused(tmp_path: Path) -> None:
+    # 6000 x 6000 = 36 M pixels passes the pixel count; as 32-bit samples it decodes to 137 MB.
+    path = rle_dicom(tmp_path / "deep.dcm", 6000, 6000, bits=32)
+    outcome = run_bounded("cxr", path)
+    assert outcome["outcome"] == "refused" and outcome["kind"] == "too_large", outcome
+    assert "1 x 32-bit samples: 137 MB decoded" in outcome["reason"]
 
 
 def test_ordinary_rle_dicom_still_reads(tmp_path: Path) -> None:

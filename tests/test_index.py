@@ -362,3 +362,26 @@ def test_index_command_builds_then_keeps_a_current_index(tmp_path: Path, caplog)
         assert main(["index", "--run", str(run), "--faiss-check", "flat"]) == 0
     assert "faiss flat: recall@6 1.000" in caplog.text  # k capped at the pool of 6
     assert main(["index", "--run", str(tmp_path / "missing")]) == 1
+
+
+def test_index_command_faiss_check_takes_every_faiss_kind(tmp_path: Path, caplog) -> None:
+    import typing
+
+    from _app_run import make_runs
+
+    from symile_clinical.cli import main
+    from symile_clinical.commands.index import FAISS_CHECK_KINDS
+    from symile_clinical.index import FaissKind
+
+    assert typing.get_args(FaissKind) == FAISS_CHECK_KINDS  # the CLI offers every kind
+    _, run, _ = make_runs(tmp_path, n_test=6)
+    for kind in FAISS_CHECK_KINDS:
+        caplog.clear()
+        with caplog.at_level("INFO"):
+            assert main(["index", "--run", str(run), "--faiss-check", kind]) == 0
+        assert f"faiss {kind}: recall@6 " in caplog.text
+    # IVF over 6 candidates has one list (default_nlist), which every query scans: exact.
+    assert "faiss ivf: recall@6 1.000" in caplog.text
+    with pytest.raises(SystemExit) as refused:
+        main(["index", "--run", str(run), "--faiss-check", "pq"])
+    assert refused.value.code == 2

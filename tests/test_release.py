@@ -36,12 +36,11 @@ from models.reference_mimic import (
 )
 from preprocessing import layout
 from preprocessing import release as release_format
+from preprocessing.compare_cohort import compare_cohort, write_comparison
 from preprocessing.release import (
     ReleaseError,
     SymileMimicRelease,
-    compare_cohort,
     import_release_dataset,
-    write_comparison,
 )
 from symile_clinical.cli import main
 from symile_clinical.dataset_dir import DatasetDir

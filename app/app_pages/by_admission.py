@@ -1,8 +1,9 @@
 """Query by admission: a test admission's ECG and labs against the candidate CXRs.
 
-Everything that depends on the admission alone (its embeddings in each run, its lab
-masking vectors, its ECG image and labs table) comes prepared from the served run
-(RunContext.admission), shared by every session: a change of admission is a search.
+Everything that depends on the admission alone (its embeddings in each run, its paper
+candidate sets, its lab masking vectors, its ECG image and labs table) comes prepared from
+the served run (RunContext.admission), shared by every session: a change of admission is
+a search and the page's elements.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ PAPER_POOL = "The paper's candidates"
 WHOLE_INDEX = "The whole index"
 
 context = views.current_context()
-manifest = context.manifest
 split = context.index.info["split"]
 st.title("Query by admission")
 st.caption(
@@ -24,31 +24,28 @@ st.caption(
     f"({split} split) · checkpoint {context.index.info['checkpoint_sha256'][:12]}"
 )
 
-labels = [
-    f"subject {s} · admission {h}"
-    for s, h in zip(manifest["subject_id"], manifest["hadm_id"], strict=True)
-]
+labels = context.admission_labels
 row = st.selectbox(
     f"{split.capitalize()} admission (type to search by subject or admission id)",
-    range(len(manifest)),
-    format_func=lambda r: labels[r],
+    range(len(labels)),
+    format_func=labels.__getitem__,
     key="admission",
 )
+admission = context.admission(row)
 left, right = st.columns([1, 1])
 pool_name = left.radio("Candidate pool", [PAPER_POOL, WHOLE_INDEX], horizontal=True, key="pool")
-pool = context.paper_pool(row) if pool_name == PAPER_POOL else None
-if pool_name == PAPER_POOL and pool is None:
+paper = pool_name == PAPER_POOL
+pool = admission.paper_pools[context.label] if paper else None
+if paper and pool is None:
     st.warning(
         "This dataset has no saved candidate set for this admission: the whole index is used."
     )
 pool_size = len(pool) if pool is not None else len(context.index)
 k = views.choose_k(right, pool_size, key="k")
 
-admission = context.admission(row)
 
-
-def ranked(run: views.RunContext, run_pool: object) -> views.Ranking:
-    """The admission's ranking in one run (its embeddings are prepared)."""
+def ranked(run: views.RunContext) -> views.Ranking:
+    """The admission's ranking in one run (its embeddings and pools are prepared)."""
     ecg_emb, labs_emb = admission.embeddings[run.label]
     return rank_candidates(
         run.index,
@@ -57,20 +54,18 @@ def ranked(run: views.RunContext, run_pool: object) -> views.Ranking:
         ecg_emb,
         labs_emb,
         k,
-        run_pool,
+        admission.paper_pools[run.label] if paper else None,
         admission.true_positions[run.label],
     )
 
 
-ranking = ranked(context, pool)
+ranking = ranked(context)
 st.subheader(f"Top candidates for {labels[row]}")
 views.show_ranking(context, ranking, key="admission", page_size=k)
 
 if context.comparisons:
     st.subheader("Symile vs CLIP")
-    rankings = [ranking]
-    for other in context.comparisons:
-        rankings.append(ranked(other, other.paper_pool(row) if pool_name == PAPER_POOL else None))
+    rankings = [ranking, *(ranked(other) for other in context.comparisons)]
     views.show_side_by_side([context, *context.comparisons], rankings, "compare", k)
 
 views.show_lab_effects(context, admission.query, admission.masked_labs, ranking, "admission")
@@ -79,4 +74,4 @@ ecg_tab, labs_tab = st.tabs(["12-lead ECG", "Labs"])
 with ecg_tab:
     views.show_ecg(admission.ecg_image, admission.ecg_unit)
 with labs_tab:
-    st.dataframe(admission.labs, hide_index=True)
+    st.markdown(admission.labs_markdown)

@@ -8,6 +8,7 @@ import streamlit as st
 from app import views
 from app.figures import ecg_png
 from app.queries import Query, labs_table, masked_lab_queries
+from app.tables import labs_markdown
 from app.uploads import (
     MAX_UPLOAD_MB,
     UploadedEcg,
@@ -106,7 +107,8 @@ ecg_tab, labs_tab = st.tabs(["12-lead ECG", "Labs"])
 with ecg_tab:
     views.show_ecg(draw_ecg(ecg.millivolts, float(context.ecg_info["sampling_hz"])), "mV")
 with labs_tab:
-    st.dataframe(
-        labs_table(context.labs_spec, percentiles, observed, values=np.nan_to_num(raw)),
-        hide_index=True,
+    st.markdown(
+        labs_markdown(
+            labs_table(context.labs_spec, percentiles, observed, values=np.nan_to_num(raw))
+        )
     )
