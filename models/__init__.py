@@ -4,13 +4,8 @@ from models.cxr_encoder import CXREncoder, CXRWeightsError
 from models.ecg_encoder import ECGEncoder
 from models.labs_encoder import LabsEncoder
 from models.reference_mimic import SymileMIMICReference
-from models.symile_model import (
-    LOGIT_SCALE_INIT,
-    LOGIT_SCALE_MAX,
-    ModelConfig,
-    SymileModel,
-    build_model,
-)
+from models.symile_model import LOGIT_SCALE_INIT, ModelConfig, SymileModel, build_model
+from models.three_modalities import LOGIT_SCALE_MAX, ThreeModalityModel
 
 __all__ = [
     "LOGIT_SCALE_INIT",
@@ -22,5 +17,6 @@ __all__ = [
     "ModelConfig",
     "SymileMIMICReference",
     "SymileModel",
+    "ThreeModalityModel",
     "build_model",
 ]

@@ -23,18 +23,17 @@ ImageNet-normalised channels. Symile's score is exp(logit_scale) * <r_ecg * r_la
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet
 
+from models.three_modalities import ThreeModalityModel
+
 # The reference's CXR normalisation (experiments/constants.py, IMAGENET_MEAN / IMAGENET_STD).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 REFERENCE_CXR_SIZE = 320
-LOGIT_SCALE_MAX = math.log(100.0)  # what this project's trainer clamps every model at
 
 # Our stored lead order, and the one the reference's ECG tensors have: the WFDB column order
 # of MIMIC-IV-ECG, which stores aVF before aVL.
@@ -115,7 +114,7 @@ def cxr_to_reference(cxr: torch.Tensor, size: int = REFERENCE_CXR_SIZE) -> torch
     return (cxr.expand(-1, 3, -1, -1) - mean) / std
 
 
-class SymileMIMICReference(nn.Module):
+class SymileMIMICReference(ThreeModalityModel):
     """The reference Symile-MIMIC model behind this project's model interface.
 
     `encode_ecg`, `encode_labs`, `encode_cxr` and `forward` take the project's stored
@@ -150,19 +149,3 @@ class SymileMIMICReference(nn.Module):
     def encode_cxr(self, cxr: torch.Tensor) -> torch.Tensor:
         """CXR float32 [B, 1, S, S] in [0, 1] -> [B, d]."""
         return self.cxr_encoder(cxr_to_reference(cxr, self.cxr_size))
-
-    def forward(
-        self,
-        ecg: torch.Tensor,
-        labs: torch.Tensor,
-        observed: torch.Tensor,
-        cxr: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The three embeddings (ecg_emb, labs_emb, cxr_emb), each [B, d]."""
-        return self.encode_ecg(ecg), self.encode_labs(labs, observed), self.encode_cxr(cxr)
-
-    @torch.no_grad()
-    def clamp_logit_scale(self) -> None:
-        """Clamp the log scale at ln 100, as the trainer does for SymileModel (fine-tuning
-        the authors' model here); the reference's own training did not clamp it."""
-        self.logit_scale.clamp_(max=LOGIT_SCALE_MAX)

@@ -13,9 +13,9 @@ from torch import nn
 from models.cxr_encoder import CXREncoder
 from models.ecg_encoder import ECGEncoder
 from models.labs_encoder import LabsEncoder
+from models.three_modalities import ThreeModalityModel
 
 LOGIT_SCALE_INIT = math.log(1 / 0.07)  # 2.65926, CLIP's initial temperature
-LOGIT_SCALE_MAX = math.log(100.0)  # CLIP clamps exp(scale) at 100
 PROJECTIONS = ("layernorm", "l2", "none")
 # "symile_clinical": this project's SymileModel; "symile_mimic_reference": the published
 # Symile-MIMIC architecture (models/reference_mimic.py), shaped by embed_dim, n_labs, cxr_size.
@@ -79,7 +79,7 @@ class Projection(nn.Module):
         return self.norm(x)
 
 
-class SymileModel(nn.Module):
+class SymileModel(ThreeModalityModel):
     """ECG, labs and CXR encoders projecting to a shared d, plus a learned log logit scale.
 
     `logit_scale` is the log of the scale; the losses take `logit_scale.exp()`.
@@ -126,21 +126,6 @@ class SymileModel(nn.Module):
     def encode_cxr(self, cxr: torch.Tensor) -> torch.Tensor:
         """CXR float32 [B, 1, S, S] in [0, 1] (uint8 / 255) -> embedding [B, d]."""
         return self.cxr_projection(self.cxr_encoder(cxr))
-
-    def forward(
-        self,
-        ecg: torch.Tensor,
-        labs: torch.Tensor,
-        observed: torch.Tensor,
-        cxr: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The three embeddings (ecg_emb, labs_emb, cxr_emb), each [B, d]."""
-        return self.encode_ecg(ecg), self.encode_labs(labs, observed), self.encode_cxr(cxr)
-
-    @torch.no_grad()
-    def clamp_logit_scale(self) -> None:
-        """Clamp the log scale at ln 100 (CLIP does this after every optimiser step)."""
-        self.logit_scale.clamp_(max=LOGIT_SCALE_MAX)
 
 
 def _build(config: ModelConfig) -> SymileModel:
