@@ -15,11 +15,12 @@ patients its lost tail held.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -260,19 +261,7 @@ def _read_arrow(path: Path, columns: Sequence[str], problems: list[RowProblem], 
     skipped: list[int] = []
     id_position = _column_position(path, id_column)
 
-    def malformed(row) -> str:
-        """Report the row by its line and id (never its text) and skip it."""
-        skipped.append(row.number)
-        problems.append(
-            RowProblem(
-                path,
-                row.number,
-                _field_id(row.text, id_position, id_column),
-                "bad_row",
-                f"{row.actual_columns} fields where the header has {row.expected_columns}",
-            )
-        )
-        return "skip"
+    malformed = _bad_row_handler(path, id_position, id_column, problems, skipped)
 
     try:
         table = pacsv.read_csv(
@@ -327,6 +316,32 @@ def _column_position(path: Path, column: str | None) -> int | None:
     except Exception:  # an unreadable header: the read below names the problem
         return None
     return names.index(column) if column in names else None
+
+
+def _bad_row_handler(
+    path: Path,
+    id_position: int | None,
+    id_column: str | None,
+    problems: list[RowProblem],
+    skipped: list[int],
+) -> Callable[[Any], str]:
+    """pyarrow's invalid-row handler: record a row of the wrong field count by its line and
+    id (never its text) in `problems` and `skipped`, and skip it."""
+
+    def handle(row: Any) -> str:
+        skipped.append(row.number)
+        problems.append(
+            RowProblem(
+                path,
+                row.number,
+                _field_id(row.text, id_position, id_column),
+                "bad_row",
+                f"{row.actual_columns} fields where the header has {row.expected_columns}",
+            )
+        )
+        return "skip"
+
+    return handle
 
 
 def _field_id(text: str | None, position: int | None, id_column: str | None) -> str:
@@ -662,19 +677,7 @@ def scan_labevents(
     skipped: list[int] = []  # lines of the rows of a wrong field count
     id_position = _column_position(path, "labevent_id")
 
-    def wrong_field_count(row) -> str:
-        """pyarrow's handler: record the row by its line and id (never its text), skip it."""
-        skipped.append(row.number)
-        problems.append(
-            RowProblem(
-                path,
-                row.number,
-                _field_id(row.text, id_position, "labevent_id"),
-                "bad_row",
-                f"{row.actual_columns} fields where the header has {row.expected_columns}",
-            )
-        )
-        return "skip"
+    wrong_field_count = _bad_row_handler(path, id_position, "labevent_id", problems, skipped)
 
     reader = _open_labevents(path, block_size, wrong_field_count)
     item_set = pa.array(sorted({int(i) for i in itemids}), pa.int64()) if itemids else None
