@@ -51,7 +51,10 @@ class DemoConfig:
     cxr_max_size: int = 256  # synthetic DICOM side (px); real ones are 1k-3k
     cxr_size: int = 64  # preprocessed CXR side, the demo model's input
     workers: int = max(1, os.cpu_count() or 1)
-    train_preset: str = "demo"
+    # Each objective's own recipe (a preset of symile_clinical.config, chosen on validation:
+    # docs/diagnosis.md).
+    symile_preset: str = "demo"
+    clip_preset: str = "demo-clip"
     epochs: int | None = None  # None: the preset's
     max_steps: int | None = None  # None: the preset's (all epochs)
     n_bootstrap: int = 1000
@@ -124,7 +127,8 @@ def _train_config(config: DemoConfig, objective: str) -> TrainConfig:
         overrides["epochs"] = config.epochs
     if config.max_steps is not None:
         overrides["max_steps"] = config.max_steps
-    return config_from_dict(overrides, source="demo", base=load_config(config.train_preset))
+    preset = config.symile_preset if objective == "symile" else config.clip_preset
+    return config_from_dict(overrides, source="demo", base=load_config(preset))
 
 
 def _train(train_config: Any, dataset: Path, run: RunDir, progress: bool) -> None:

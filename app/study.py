@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 # Each objective's recipe: a preset name of symile_clinical.config (chosen on validation by
 # benchmarks/recipe_search.py; docs/diagnosis.md).
-DEFAULT_RECIPES = {"symile": "demo-fast", "clip": "demo-fast-clip"}
+DEFAULT_RECIPES = {"symile": "demo", "clip": "demo-clip"}
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Diagnose Symile and CLIP recipes on synthetic cohorts, and choose a recipe on validation.
 
     python benchmarks/recipe_search.py diagnose --cohort C --variants A,B --seeds 0,1 --out D
-    python benchmarks/recipe_search.py search --cohorts C/F0_s0,C/F0.5_s0,C/F1_s0 --out D
+    python benchmarks/recipe_search.py search --cohorts C/F0_s0,C/F0.5_s0,C/F1_s0 \
+        --seeds 0,1 --out D       # SEARCH_VARIANTS; prints the winner per objective
 
 A cohort folder holds `mimic/` (from `symile-clinical synth`, with synth_truth.csv.gz) and
 `dataset/` (from `symile-clinical preprocess`). Every variant is a preset plus overrides
@@ -44,32 +45,55 @@ STATES = ("pneumonia", "hf_exacerbation", "paced", "atrial_fibrillation")
 
 # name -> (preset, TrainConfig overrides, ModelConfig overrides)
 VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
-    "symile-demo": ("demo", {"objective": "symile"}, {}),
-    "clip-demo": ("demo", {"objective": "clip"}, {}),
-    "symile": ("demo", {"objective": "symile"}, {}),
-    "clip": ("demo", {"objective": "clip"}, {}),
+    "symile-demo": ("search-base", {"objective": "symile"}, {}),
+    "clip-demo": ("search-base", {"objective": "clip"}, {}),
+    "symile": ("search-base", {"objective": "symile"}, {}),
+    "clip": ("search-base", {"objective": "clip"}, {}),
     # Cheaper encoders: ECG stem stride 8 with (8..64) channels, CXR resnet_tiny.
     "fast": (
-        "demo",
+        "search-base",
         {},
         {"ecg_channels": (8, 16, 32, 64), "ecg_stem_stride": 8, "cxr_arch": "resnet_tiny"},
     ),
-    "ln": ("demo", {}, {"projection": "layernorm", "logit_scale_init": math.log(0.1)}),
-    "ln-s1": ("demo", {}, {"projection": "layernorm", "logit_scale_init": 0.0}),
-    "none": ("demo", {}, {"projection": "none", "logit_scale_init": math.log(0.1)}),
-    "l2-s100": ("demo", {}, {"logit_scale_init": math.log(100.0)}),
-    "frozen": ("demo", {}, {"freeze_logit_scale": True}),
-    "nsq": ("demo", {"negatives": "n_squared"}, {}),
-    "e20": ("demo", {"epochs": 20, "patience": 0}, {}),
-    "e40": ("demo", {"epochs": 40, "patience": 0}, {}),
-    "lr3e-3": ("demo", {"lr": 3e-3}, {}),
-    "lr3e-4": ("demo", {"lr": 3e-4}, {}),
-    "wu100": ("demo", {"warmup_steps": 100}, {}),
-    "drop0.2": ("demo", {"lab_dropout": 0.2}, {}),
-    "bs32": ("demo", {"batch_size": 32}, {}),
-    "bs128": ("demo", {"batch_size": 128}, {}),
-    "d32": ("demo", {}, {"embed_dim": 32}),
-    "d512": ("demo", {}, {"embed_dim": 512}),
+    "ln": ("search-base", {}, {"projection": "layernorm", "logit_scale_init": math.log(0.1)}),
+    "ln-s1": ("search-base", {}, {"projection": "layernorm", "logit_scale_init": 0.0}),
+    "none": ("search-base", {}, {"projection": "none", "logit_scale_init": math.log(0.1)}),
+    "l2-s100": ("search-base", {}, {"logit_scale_init": math.log(100.0)}),
+    "l2-s50": ("search-base", {}, {"logit_scale_init": math.log(50.0)}),
+    "ln-s0.3": ("search-base", {}, {"projection": "layernorm", "logit_scale_init": math.log(0.3)}),
+    "lr1e-2": ("search-base", {"lr": 1e-2}, {}),
+    "ln3": (
+        "search-base",
+        {},
+        {"projection": "layernorm", "logit_scale_init": math.log(0.037), "projection_offset": 3.0},
+    ),
+    "ln1": (
+        "search-base",
+        {},
+        {"projection": "layernorm", "logit_scale_init": math.log(0.1), "projection_offset": 1.0},
+    ),
+    "e16": ("search-base", {"epochs": 16, "patience": 0}, {}),
+    "frozen": ("search-base", {}, {"freeze_logit_scale": True}),
+    "nsq": ("search-base", {"negatives": "n_squared"}, {}),
+    "cond": ("search-base", {"negatives": "conditional"}, {}),
+    # ECG roll up to 1 s, per-lead gain +-10%, CXR shift up to 4 px (symile_clinical/augment.py).
+    "aug": (
+        "search-base",
+        {"augment_ecg_shift": 500, "augment_ecg_gain": 0.1, "augment_cxr_shift": 4},
+        {},
+    ),
+    "e20": ("search-base", {"epochs": 20, "patience": 0}, {}),
+    "e40": ("search-base", {"epochs": 40, "patience": 0}, {}),
+    "lr3e-3": ("search-base", {"lr": 3e-3}, {}),
+    "lr3e-4": ("search-base", {"lr": 3e-4}, {}),
+    "wu100": ("search-base", {"warmup_steps": 100}, {}),
+    "drop0.2": ("search-base", {"lab_dropout": 0.2}, {}),
+    "bs32": ("search-base", {"batch_size": 32}, {}),
+    "bs128": ("search-base", {"batch_size": 128}, {}),
+    "d32": ("search-base", {}, {"embed_dim": 32}),
+    "d512": ("search-base", {}, {"embed_dim": 512}),
+    "d512s": ("search-base", {}, {"embed_dim": 512, "logit_scale_init": math.log(0.025)}),
+    "d2048s": ("search-base", {}, {"embed_dim": 2048, "logit_scale_init": math.log(0.00625)}),
 }
 
 
@@ -77,7 +101,7 @@ def variant_config(name: str, seed: int) -> Any:
     """The TrainConfig of a variant (see VARIANTS; "a+b" joins variants' overrides)."""
     from symile_clinical.config import load_config
 
-    preset, train, model = "demo", {}, {}
+    preset, train, model = "search-base", {}, {}
     for part in name.split("+"):
         if part not in VARIANTS:
             raise SystemExit(f"unknown variant {part!r}; known: {', '.join(VARIANTS)}")
@@ -233,9 +257,23 @@ def _row(r: dict[str, Any]) -> str:
     )
 
 
-# The search that chose the presets: projection x objective on the `fast` encoders
-# (docs/diagnosis.md); winner per objective by mean val top-1 over cohorts and seeds.
-SEARCH_VARIANTS = ("symile+fast", "symile+fast+ln", "symile+fast+none", "clip+fast")
+# The search that chose the presets (docs/diagnosis.md), winner per objective by mean val
+# top-1 over cohorts and seeds: projection, offset and negatives at the base's 8 epochs, then
+# the best of those with and without augmentation at 16 epochs.
+SEARCH_VARIANTS = (
+    "symile+fast+ln",
+    "symile+fast+ln+cond",
+    "symile+fast+ln1+cond",
+    "symile+fast+ln3+cond",
+    "symile+fast+cond",
+    "clip+fast",
+    "symile+fast+ln1+cond+e16",
+    "symile+fast+ln1+cond+aug+e16",
+    "clip+fast+e16",
+    "clip+fast+aug+e16",
+)
+# preset of symile_clinical.config -> the variant it equals (tests/test_train.py holds this).
+CHOSEN = {"demo": "symile+fast+ln1+cond+aug+e16", "demo-clip": "clip+fast+aug+e16"}
 
 
 def choose_recipes(results: list[dict[str, Any]]) -> dict[str, str]:
@@ -279,7 +317,7 @@ def main() -> None:
         "--variants", default=None, help="default: SEARCH_VARIANTS (search) or the same"
     )
     parser.add_argument("--seeds", default="0")
-    parser.add_argument("--out", default="/tmp/study11/diag")
+    parser.add_argument("--out", default="recipe-search")
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)

@@ -52,6 +52,7 @@ class ModelConfig:
     cxr_size: int = 320
     logit_scale_init: float = LOGIT_SCALE_INIT
     freeze_logit_scale: bool = False
+    projection_offset: float = 0.0
     arch: str = "symile_clinical"
 
     def __post_init__(self) -> None:
@@ -67,10 +68,12 @@ class ModelConfig:
 class Projection(nn.Module):
     """The last step of every modality: LayerNorm (learned affine), L2 normalisation or none."""
 
-    def __init__(self, kind: str, dim: int) -> None:
+    def __init__(self, kind: str, dim: int, offset: float = 0.0) -> None:
         super().__init__()
         self.kind = kind
         self.norm = nn.LayerNorm(dim) if kind == "layernorm" else nn.Identity()
+        if kind == "layernorm":
+            nn.init.constant_(self.norm.bias, offset)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, d] -> [B, d]."""
@@ -107,9 +110,10 @@ class SymileModel(ThreeModalityModel):
         self.cxr_encoder = CXREncoder(
             out_dim=d, arch=config.cxr_arch, image_size=config.cxr_size, norm=config.norm
         )
-        self.ecg_projection = Projection(config.projection, d)
-        self.labs_projection = Projection(config.projection, d)
-        self.cxr_projection = Projection(config.projection, d)
+        offset = config.projection_offset
+        self.ecg_projection = Projection(config.projection, d, offset)
+        self.labs_projection = Projection(config.projection, d, offset)
+        self.cxr_projection = Projection(config.projection, d, offset)
         self.logit_scale = nn.Parameter(
             torch.tensor(float(config.logit_scale_init)),
             requires_grad=not config.freeze_logit_scale,

@@ -28,7 +28,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 OBJECTIVES = ("symile", "clip")
-NEGATIVES = ("n", "n_squared")
+NEGATIVES = ("n", "n_squared", "conditional")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -43,9 +43,11 @@ __all__ = [
     "TrainConfig",
     "config_from_dict",
     "config_to_dict",
+    "demo_clip_config",
     "demo_config",
     "load_config",
     "paper_config",
+    "search_base_config",
 ]
 
 
@@ -61,6 +63,8 @@ class TrainConfig:
     `checkpoint_every` is in optimiser steps (0: only at each epoch's end);
     `warmup_steps` of linear warm-up, then cosine decay to `min_lr_ratio * lr`;
     `lab_dropout`: probability of marking each observed lab missing during training;
+    `augment_*`: training-time ECG roll (samples), ECG per-lead log gain, CXR translation
+    (pixels), see symile_clinical/augment.py (0: off);
     `patience`: epochs without a better val accuracy before stopping (0: never stop early);
     `max_steps`: stop after this many optimiser steps in total (None: all epochs);
     `precision` "auto" is bf16 autocast on CUDA and fp32 on CPU; `channels_last` None is
@@ -80,6 +84,9 @@ class TrainConfig:
     min_lr_ratio: float = 0.0
     grad_clip: float = 1.0
     lab_dropout: float = 0.0
+    augment_ecg_shift: int = 0
+    augment_ecg_gain: float = 0.0
+    augment_cxr_shift: int = 0
     patience: int = 0
     checkpoint_every: int = 100
     log_every: int = 10
@@ -104,6 +111,10 @@ class TrainConfig:
             (self.batch_size >= 2, "batch_size must be >= 2 (contrastive learning)"),
             (self.lr > 0, "lr must be > 0"),
             (0.0 <= self.lab_dropout < 1.0, "lab_dropout must be in [0, 1)"),
+            (
+                min(self.augment_ecg_shift, self.augment_ecg_gain, self.augment_cxr_shift) >= 0,
+                "augment_* amounts must be >= 0",
+            ),
             (self.max_steps is None or self.max_steps >= 1, "max_steps must be >= 1"),
             (self.checkpoint_every >= 0, "checkpoint_every must be >= 0"),
             (self.log_every >= 1, "log_every must be >= 1"),
@@ -114,10 +125,11 @@ class TrainConfig:
                 raise ValueError(reason)
 
 
-def demo_config() -> TrainConfig:
-    """Small encoders and 64-px CXRs: a useful model on ~2,000 synthetic admissions in ~2 min
-    on a 2-core CPU. L2-normalised embeddings with CLIP's initial scale (exp(2.65926) = 14.3)
-    learn from the first step, where LayerNorm'd ones start with saturated logits."""
+def search_base_config() -> TrainConfig:
+    """Where the recipe search starts (benchmarks/recipe_search.py, docs/diagnosis.md): the
+    project's first demo recipe, once shared by both objectives. Small encoders and 64-px
+    CXRs, L2-normalised embeddings with CLIP's initial scale (exp(2.65926) = 14.3), "n"
+    negatives, 8 epochs."""
     model = ModelConfig(
         embed_dim=128,
         projection="l2",
@@ -131,7 +143,7 @@ def demo_config() -> TrainConfig:
     )
     return TrainConfig(
         model=model,
-        preset="demo",
+        preset="search-base",
         epochs=8,
         batch_size=64,
         lr=1e-3,
@@ -142,6 +154,49 @@ def demo_config() -> TrainConfig:
         log_every=5,
         num_workers=0,
     )
+
+
+# ECG roll up to 1 s (500 samples at 500 Hz), per-lead gain +-10%, CXR shift up to 4 px.
+_AUGMENTATION = {"augment_ecg_shift": 500, "augment_ecg_gain": 0.1, "augment_cxr_shift": 4}
+
+
+def _demo_sized(preset: str, objective: str) -> TrainConfig:
+    """The search base with the demo's encoders (ECG stem stride 8 and 8-64 channels, CXR
+    resnet_tiny: about 4x less compute per step than the base) and 16 epochs."""
+    base = search_base_config()
+    model = dataclasses.replace(
+        base.model, ecg_channels=(8, 16, 32, 64), ecg_stem_stride=8, cxr_arch="resnet_tiny"
+    )
+    return dataclasses.replace(
+        base, model=model, preset=preset, objective=objective, epochs=16, patience=0
+    )
+
+
+def demo_config() -> TrainConfig:
+    """Symile's recipe for the demo and the study, chosen on validation (docs/diagnosis.md):
+
+    - LayerNorm projection whose offset starts at 1, log scale ln 0.1. With offsets the MIP
+      of (1 + e)(1 + l)(1 + c) holds CLIP's pairwise terms e.c + l.c from the first step,
+      beside the three-way term; without them the labs embedding collapses (L2) or carries
+      little (LayerNorm at 0), and Symile ignores the labs.
+    - "conditional" negatives: each (ECG, labs) query against the batch's CXRs and back,
+      the negatives retrieval meets (symile_clinical/losses.py).
+    - augmentation (ECG roll up to 1 s, per-lead gain +-10%, CXR shift up to 4 px): Symile
+      memorises 872 admissions within a few epochs without it.
+    """
+    base = _demo_sized("demo", "symile")
+    model = dataclasses.replace(
+        base.model, projection="layernorm", projection_offset=1.0, logit_scale_init=math.log(0.1)
+    )
+    return dataclasses.replace(base, model=model, negatives="conditional", **_AUGMENTATION)
+
+
+def demo_clip_config() -> TrainConfig:
+    """Pairwise CLIP's recipe for the demo and the study, chosen on validation: the demo's
+    encoders, L2-normalised embeddings with CLIP's scale (as CLIP is trained) and the same
+    augmentation as Symile (on validation it lowered CLIP at F = 0 and raised it at F = 0.5
+    and 1, higher on the mean)."""
+    return dataclasses.replace(_demo_sized("demo-clip", "clip"), **_AUGMENTATION)
 
 
 def paper_config() -> TrainConfig:
@@ -181,39 +236,11 @@ def paper_config() -> TrainConfig:
     )
 
 
-def demo_clip_config() -> TrainConfig:
-    """The demo's pairwise-CLIP recipe (chosen on validation: docs/diagnosis.md)."""
-    return dataclasses.replace(demo_config(), preset="demo-clip", objective="clip")
-
-
-def demo_fast_clip_config() -> TrainConfig:
-    """Pairwise CLIP, the demo recipe with smaller encoders (ECG stem stride 8 and 8-64
-    channels, CXR resnet_tiny): about 4x less compute per step, for the multi-seed study on
-    2 cores. L2-normalised embeddings with CLIP's scale, as CLIP is usually trained."""
-    base = demo_config()
-    model = dataclasses.replace(
-        base.model, ecg_channels=(8, 16, 32, 64), ecg_stem_stride=8, cxr_arch="resnet_tiny"
-    )
-    return dataclasses.replace(base, model=model, preset="demo-fast-clip", objective="clip")
-
-
-def demo_fast_config() -> TrainConfig:
-    """Symile with `demo-fast-clip`'s encoders and a LayerNorm projection (log scale
-    ln 0.1: MIPs of LayerNorm'd 128-d vectors have a spread of ~sqrt(128)). Chosen on
-    validation over L2 (docs/diagnosis.md): with L2 the labs embedding collapses towards one
-    point and Symile ignores the labs; LayerNorm's learned offset gives the constant
-    coordinates through which a multilinear score uses pairwise information."""
-    base = demo_fast_clip_config()
-    model = dataclasses.replace(base.model, projection="layernorm", logit_scale_init=math.log(0.1))
-    return dataclasses.replace(base, model=model, preset="demo-fast", objective="symile")
-
-
 PRESETS = {
     "demo": demo_config,
     "demo-clip": demo_clip_config,
-    "demo-fast": demo_fast_config,
-    "demo-fast-clip": demo_fast_clip_config,
     "paper": paper_config,
+    "search-base": search_base_config,
 }
 
 

@@ -10,6 +10,14 @@ mean cross-entropy, exactly as `symile.Symile` (the published reference, 0.1.0) 
   permutation drawn from `generator`, so anchor row a meets B - 1 shuffled tuples besides its
   positive (the positive sits on the diagonal of the B x B logits).
 - negatives="n_squared": anchor row a meets every combination of the non-anchor rows.
+- negatives="conditional" (this project's, not the reference's): only the last modality's
+  rows are replaced. Tuple a's first M - 1 rows (the query: ECG and labs) meet every row k of
+  the last (the CXR), and each last-modality row meets every tuple's query: symmetric InfoNCE
+  between the query vector x_a * y_a and z_k, the negatives retrieval itself meets. Its
+  optimum is the same MIP up to a per-query constant (log p(z | x, y) / p(z) differs from
+  Symile's total-correlation target by the x-y PMI), so the ranking of candidates for a
+  query is the same; what changes is that no gradient is spent telling real ECG-labs pairs
+  from shuffled ones.
 
 For three modalities every anchor's "n_squared" loss is a log-sum-exp over a different axis of
 the same tensor T[i, j, k] = MIP(x_i, y_j, z_k). We compute T once, a few rows of i at a time,
@@ -51,7 +59,7 @@ from torch import Tensor
 
 from symile_clinical.distributed import check_same_rows, gather_with_grad, world_info
 
-Negatives = Literal["n", "n_squared"]
+Negatives = Literal["n", "n_squared", "conditional"]
 
 # Entries of T held at once per chunk (2^20 float32 = 4 MiB; a few temporaries of that size live
 # together), and at least one row of the first modality. On an idle CPU anything from 2^16 to
@@ -79,14 +87,16 @@ def symile_loss(
     are drawn from it (under torch.distributed, seed it identically on every rank).
     """
     embs, scale = _prepare(embeddings, logit_scale)
-    if negatives not in ("n", "n_squared"):
-        raise ValueError(f"negatives must be 'n' or 'n_squared', got {negatives!r}")
+    if negatives not in ("n", "n_squared", "conditional"):
+        raise ValueError(f"negatives must be 'n', 'n_squared' or 'conditional', got {negatives!r}")
     with torch.autocast(device_type=embs[0].device.type, enabled=False):
         offset, everyone = _gather(embs)
         if len(embs) == 2:
             loss = _clip_pair(embs, everyone, scale, offset)
         elif negatives == "n":
             loss = _symile_n(embs, everyone, scale, offset, generator)
+        elif negatives == "conditional":
+            loss = _symile_conditional(embs, everyone, scale, offset)
         else:
             loss = _symile_n_squared(embs, everyone, scale, offset)
     return _as_global_value(loss)
@@ -209,6 +219,16 @@ def _symile_n(
         logits = torch.where(is_positive, positive[:, None], anchor @ shuffled.T)
         losses.append(_cross_entropy_at(scale * logits, offset))
     return torch.stack(losses).mean()
+
+
+def _symile_conditional(
+    local: list[Tensor], everyone: list[Tensor], scale: Tensor, offset: int
+) -> Tensor:
+    """Only the last modality is replaced: each tuple's first M - 1 rows against every row of
+    the last (and back), the negatives retrieval itself meets."""
+    query = torch.stack(local[:-1]).prod(dim=0)
+    query_all = torch.stack(everyone[:-1]).prod(dim=0)
+    return _clip_pair([query, local[-1]], [query_all, everyone[-1]], scale, offset)
 
 
 def _symile_n_squared(

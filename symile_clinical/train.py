@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from models import CXRWeightsError, SymileModel, build_model
 from symile_clinical.atomic import remove_stale_temporaries, write_text_atomic
+from symile_clinical.augment import Augmentation, augment
 from symile_clinical.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
@@ -479,6 +480,11 @@ class Trainer:
             "loss": torch.Generator(device=device).manual_seed(config.seed),
             "lab_dropout": torch.Generator().manual_seed(config.seed + 1),
         }
+        self.augmentation = Augmentation(
+            config.augment_ecg_shift, config.augment_ecg_gain, config.augment_cxr_shift
+        )
+        if self.augmentation.enabled:  # absent otherwise, so older checkpoints still resume
+            self.generators["augment"] = torch.Generator().manual_seed(config.seed + 2)
         self.progress = _Progress()
         self.metrics = _MetricsLog(run, enabled=world.is_main)
         self.window = _LogWindow()
@@ -600,7 +606,8 @@ class Trainer:
         return completed_epoch
 
     def _step(self, batch: dict[str, torch.Tensor], bar: tqdm) -> None:
-        """Lab dropout, one optimiser step and the schedule's; logs every log_every steps."""
+        """Lab dropout, augmentation, one optimiser step and the schedule's; logs every
+        log_every steps."""
         config, state = self.config, self.progress
         labs, observed = batch["labs"], batch["labs_observed"]
         if config.lab_dropout > 0:
@@ -613,8 +620,20 @@ class Trainer:
                 self.world.rank,
                 self.world.world_size,
             )
+        ecg, cxr = batch["ecg"], batch["cxr"]
+        if self.augmentation.enabled:
+            ecg, cxr = augment(
+                ecg,
+                cxr,
+                self.augmentation,
+                self.generators["augment"],
+                self.world.rank,
+                self.world.world_size,
+            )
         batch = to_device(
-            {**batch, "labs": labs, "labs_observed": observed}, self.device, self.channels_last
+            {**batch, "ecg": ecg, "cxr": cxr, "labs": labs, "labs_observed": observed},
+            self.device,
+            self.channels_last,
         )
         loss, grad_norm = train_step(
             self.forward,

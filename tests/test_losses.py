@@ -199,7 +199,44 @@ def test_n_uses_only_its_generator() -> None:
         symile_loss(embs, 1.0, "n")
 
 
-@pytest.mark.parametrize("negatives", ["n", "n_squared"])
+def _naive_conditional(embs: list[torch.Tensor], scale: torch.Tensor) -> torch.Tensor:
+    """Tuple a's first M - 1 rows with every row k of the last modality, one MIP at a time,
+    cross-entropy over k (retrieval's direction) and over a (the reverse), averaged."""
+    *query, target = embs
+    b = target.shape[0]
+    logits = torch.stack(
+        [
+            torch.stack([scale * _mip(*(q[a] for q in query), target[k]) for k in range(b)])
+            for a in range(b)
+        ]
+    )
+    forward = torch.stack([logits[a].logsumexp(0) - logits[a, a] for a in range(b)]).mean()
+    reverse = torch.stack([logits[:, k].logsumexp(0) - logits[k, k] for k in range(b)]).mean()
+    return (forward + reverse) / 2
+
+
+@pytest.mark.parametrize(("m", "b", "d"), [(3, 6, 5), (4, 5, 3)])
+def test_conditional_equals_naive_tuples(m: int, b: int, d: int) -> None:
+    embs, scale = _embeddings(m, b, d, seed=3 * m + b), _scale()
+    inputs = [scale, *embs]
+    expected = _value_and_grads(_naive_conditional(embs, scale), inputs)
+    ours = _value_and_grads(symile_loss(embs, scale, "conditional"), inputs)
+    _assert_relative(ours, expected, rtol=1e-10)
+
+
+def test_conditional_meets_only_negatives_of_the_last_modality() -> None:
+    """The queries are the batch's own (ECG, labs) pairs: reordering whole tuples leaves the
+    loss unchanged, pairing an ECG with another tuple's labs changes it."""
+    embs = [e.detach() for e in _embeddings(3, 5, 4, seed=11)]
+    base = symile_loss(embs, 2.0, "conditional")
+    order = torch.tensor([1, 0, 2, 3, 4])
+    whole = symile_loss([e[order] for e in embs], 2.0, "conditional")
+    torch.testing.assert_close(whole, base, rtol=1e-12, atol=0)
+    mixed = symile_loss([embs[0], embs[1][order], embs[2]], 2.0, "conditional")
+    assert not torch.allclose(mixed, base)
+
+
+@pytest.mark.parametrize("negatives", ["n", "n_squared", "conditional"])
 def test_two_modalities_equal_clip_exactly(negatives: str) -> None:
     embs, scale = _embeddings(2, 6, 4, seed=9), _scale()
     inputs = [scale, *embs]
@@ -226,7 +263,7 @@ def test_perfectly_aligned_batch_has_low_loss() -> None:
     assert math.isclose(uniform.item(), math.log(4**2), rel_tol=1e-12)
 
 
-@pytest.mark.parametrize("negatives", ["n", "n_squared"])
+@pytest.mark.parametrize("negatives", ["n", "n_squared", "conditional"])
 def test_bf16_autocast_scores_in_float32(negatives: str) -> None:
     """Under CPU bf16 autocast the embeddings come out bf16; the loss is computed in float32
     from them, and gradients flow back in bf16."""

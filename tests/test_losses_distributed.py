@@ -26,6 +26,8 @@ CASES = [
     ("symile", "n_squared", 3, True),
     ("symile", "n_squared", 4, False),
     ("symile", "n", 2, False),
+    ("symile", "conditional", 3, False),
+    ("symile", "conditional", 4, False),
     ("clip", None, 3, False),
 ]
 

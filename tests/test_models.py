@@ -67,6 +67,20 @@ def test_l2_projection_gives_unit_vectors_and_layernorm_standardises() -> None:
         torch.testing.assert_close(emb.var(dim=1, unbiased=False), torch.ones(3), atol=1e-3, rtol=0)
 
 
+def test_layernorm_offset_starts_every_coordinate_at_the_offset() -> None:
+    """With projection_offset c the LayerNorm output is c + a standardised row, so the MIP of
+    three embeddings starts as d c^3 + c^2 (sum of each) + c (pairwise dots) + the 3-way term."""
+    shifted = build_model(ModelConfig(**{**TINY.__dict__, "projection_offset": 1.0}), seed=0)
+    plain = build_model(TINY, seed=0)
+    inputs = _inputs()
+    for a, b in zip(shifted.eval()(*inputs), plain.eval()(*inputs), strict=True):
+        torch.testing.assert_close(a, b + 1.0)
+    e, lab, c = (x - 1.0 for x in shifted(*inputs))
+    mip = ((1 + e) * (1 + lab) * (1 + c)).sum(dim=1)
+    expanded = TINY.embed_dim + (e * c + lab * c + e * lab + e * lab * c).sum(dim=1)
+    torch.testing.assert_close(mip, expanded)  # sum of each standardised row is 0
+
+
 def test_unknown_projection_is_refused() -> None:
     with pytest.raises(ValueError, match="projection"):
         ModelConfig(projection="batchnorm")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import pickle
@@ -62,9 +63,25 @@ def test_presets_match_the_issue() -> None:
     assert paper.weight_decay == 0.01
     demo = demo_config()
     assert demo.model.cxr_size < paper.model.cxr_size
-    assert math.isclose(demo.model.logit_scale_init, 2.65926, abs_tol=1e-5)
-    assert demo.model.projection == "l2" and paper.model.projection == "layernorm"
+    assert demo.objective == "symile" and demo.negatives == "conditional"
+    assert demo.model.projection == "layernorm" and demo.model.projection_offset == 1.0
+    assert paper.model.projection == "layernorm" and paper.negatives == "n_squared"
+    clip = load_config("demo-clip")
+    assert clip.objective == "clip" and clip.model.projection == "l2"
+    assert math.isclose(clip.model.logit_scale_init, 2.65926, abs_tol=1e-5)
+    assert clip.model.cxr_arch == demo.model.cxr_arch and clip.epochs == demo.epochs
     assert load_config("demo") == demo
+
+
+def test_demo_presets_are_the_variants_the_recipe_search_chose() -> None:
+    """The presets are exactly the search's winners (docs/diagnosis.md), so rerunning
+    `benchmarks/recipe_search.py search` measures the shipped recipes."""
+    from benchmarks.recipe_search import CHOSEN, variant_config
+
+    for preset, variant in CHOSEN.items():
+        searched = variant_config(variant, seed=0)
+        shipped = load_config(preset)
+        assert dataclasses.replace(searched, preset=preset, device=shipped.device) == shipped
 
 
 def test_config_round_trips_through_json() -> None:

@@ -27,13 +27,20 @@ def _train_events(run_dir: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("negatives", ["n", "n_squared"])
+@pytest.mark.parametrize("negatives", ["n", "n_squared", "conditional"])
 def test_two_gloo_processes_match_one_process(negatives: str, tmp_path: Path) -> None:
     data = write_dataset(tmp_path / "data", n_train=32, n_val=8, ecg_samples=1000)
-    # GroupNorm everywhere, so no statistic depends on how the batch is split; lab dropout
-    # and the "n" shuffles draw for the global batch on every rank.
+    # GroupNorm everywhere, so no statistic depends on how the batch is split; lab dropout,
+    # augmentation and the "n" shuffles draw for the global batch on every rank.
     config_file = write_tiny_config(
-        tmp_path / "c.toml", batch_size=8, max_steps=3, lab_dropout=0.3, negatives=negatives
+        tmp_path / "c.toml",
+        batch_size=8,
+        max_steps=3,
+        lab_dropout=0.3,
+        negatives=negatives,
+        augment_ecg_shift=100,
+        augment_ecg_gain=0.1,
+        augment_cxr_shift=2,
     )
     single = tmp_path / "single"
     train(load_config(config_file), data, single, progress=False)

@@ -38,12 +38,15 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _config_file(tmp_path: Path) -> Path:
     # 3 steps per epoch, 2 epochs; every source of randomness in play: dropout layers, lab
-    # dropout, the "n" negatives' shuffles, the data order.
+    # dropout, ECG and CXR augmentation, the "n" negatives' shuffles, the data order.
     return write_tiny_config(
         tmp_path / "c.toml",
         epochs=2,
         negatives="n",
         lab_dropout=0.3,
+        augment_ecg_shift=100,
+        augment_ecg_gain=0.1,
+        augment_cxr_shift=2,
         checkpoint_every=2,
         model={"ecg_dropout": 0.2, "labs_dropout": 0.2},
     )

@@ -56,10 +56,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", type=Path, required=True, help="run directory to write")
     parser.add_argument(
-        "--config", default="demo", help="preset (demo, paper) or a TOML file (default: demo)"
+        "--config",
+        default="demo",
+        help="preset (demo: Symile, demo-clip: CLIP, paper, search-base) or a TOML file "
+        "(default: demo)",
     )
     parser.add_argument("--objective", choices=("symile", "clip"))
-    parser.add_argument("--negatives", choices=("n", "n_squared"))
+    parser.add_argument("--negatives", choices=("n", "n_squared", "conditional"))
     parser.add_argument(
         "--resume", action="store_true", help="continue RUN from its last checkpoint"
     )

@@ -1,0 +1,94 @@
+"""Training-time augmentation of ECG and CXR batches, drawn from a seeded generator.
+
+Small cohorts are memorised: the trainer's contrastive loss can tell 872 training
+admissions apart by each recording's own noise, lead gains and framing long before it learns
+what the modalities share (docs/diagnosis.md). Each augmentation changes what identifies one
+recording and keeps what it shows:
+
+- ECG time shift: every row is rolled by its own whole number of samples in
+  [-ecg_shift, ecg_shift] (a 10-s resting ECG is stationary; the wrap joins two beats);
+- ECG gain: every (row, lead) is multiplied by exp(u), u uniform in [-ecg_gain, ecg_gain]
+  (electrode placement and skin impedance vary between recordings);
+- CXR shift: every image is translated by whole pixels in [-cxr_shift, cxr_shift] along
+  each axis, edges replicated (the random crop of the reference's training transform).
+
+As with lab dropout, every draw covers the global batch and each rank keeps its own rows,
+so data-parallel training augments exactly as one process does on the concatenated batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """How much to perturb; all zero (the default) is no augmentation."""
+
+    ecg_shift: int = 0  # samples
+    ecg_gain: float = 0.0  # log amplitude
+    cxr_shift: int = 0  # pixels
+
+    def __post_init__(self) -> None:
+        if self.ecg_shift < 0 or self.ecg_gain < 0 or self.cxr_shift < 0:
+            raise ValueError(f"augmentation amounts must be >= 0, got {self}")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any augmentation is on."""
+        return bool(self.ecg_shift or self.ecg_gain or self.cxr_shift)
+
+
+def _mine(draw: torch.Tensor, rows: int, rank: int) -> torch.Tensor:
+    return draw[rank * rows : (rank + 1) * rows]
+
+
+def shift_ecg(ecg: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """Roll each row of ecg [B, leads, T] by its own shift (int64 [B]) along time."""
+    samples = ecg.shape[-1]
+    index = (torch.arange(samples, device=ecg.device)[None, :] - shifts[:, None]) % samples
+    return torch.gather(ecg, 2, index[:, None, :].expand_as(ecg))
+
+
+def shift_cxr(cxr: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, pad: int) -> torch.Tensor:
+    """Translate each image of cxr [B, C, S, S] by (dy, dx) whole pixels (|d| <= pad), edges
+    replicated."""
+    size = cxr.shape[-1]
+    padded = F.pad(cxr, (pad, pad, pad, pad), mode="replicate")
+    rows = torch.arange(size, device=cxr.device)
+    top = (pad - dy)[:, None] + rows[None, :]  # [B, S]
+    left = (pad - dx)[:, None] + rows[None, :]
+    batch = torch.arange(cxr.shape[0], device=cxr.device)[:, None, None]
+    picked = padded.permute(0, 2, 3, 1)[batch, top[:, :, None], left[:, None, :]]
+    return picked.permute(0, 3, 1, 2).contiguous()
+
+
+def augment(
+    ecg: torch.Tensor,
+    cxr: torch.Tensor,
+    amounts: Augmentation,
+    generator: torch.Generator,
+    rank: int = 0,
+    world_size: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ecg, cxr) of this rank's rows, augmented; draws are made on the CPU generator in a
+    fixed order (ECG shift, ECG gain, CXR shift) for the global batch."""
+    rows, leads = ecg.shape[0], ecg.shape[1]
+    total = rows * world_size
+    if amounts.ecg_shift:
+        k = amounts.ecg_shift
+        shifts = _mine(torch.randint(-k, k + 1, (total,), generator=generator), rows, rank)
+        ecg = shift_ecg(ecg, shifts.to(ecg.device))
+    if amounts.ecg_gain:
+        u = torch.rand((total, leads), generator=generator) * 2 - 1
+        gain = torch.exp(_mine(u, rows, rank) * amounts.ecg_gain).to(ecg.device, ecg.dtype)
+        ecg = ecg * gain[:, :, None]
+    if amounts.cxr_shift:
+        k = amounts.cxr_shift
+        d = _mine(torch.randint(-k, k + 1, (total, 2), generator=generator), rows, rank)
+        d = d.to(cxr.device)
+        cxr = shift_cxr(cxr, d[:, 0], d[:, 1], k)
+    return ecg, cxr
