@@ -1,4 +1,5 @@
-"""Training-time augmentation of ECG and CXR batches, drawn from a seeded generator.
+"""Training-time perturbations of a batch, each drawn from its own seeded generator: lab
+dropout, and augmentation of ECG and CXR.
 
 Small cohorts are memorised: the trainer's contrastive loss can tell 872 training
 admissions apart by each recording's own noise, lead gains and framing long before it learns
@@ -12,8 +13,8 @@ recording and keeps what it shows:
 - CXR shift: every image is translated by whole pixels in [-cxr_shift, cxr_shift] along
   each axis, edges replicated (the random crop of the reference's training transform).
 
-As with lab dropout, every draw covers the global batch and each rank keeps its own rows,
-so data-parallel training augments exactly as one process does on the concatenated batch.
+Every draw covers the global batch and each rank keeps its own rows (`_mine`), so
+data-parallel training perturbs exactly as one process does on the concatenated batch.
 """
 
 from __future__ import annotations
@@ -44,6 +45,27 @@ class Augmentation:
 
 def _mine(draw: torch.Tensor, rows: int, rank: int) -> torch.Tensor:
     return draw[rank * rows : (rank + 1) * rows]
+
+
+def drop_labs(
+    labs: torch.Tensor,
+    observed: torch.Tensor,
+    fill: torch.Tensor,
+    rate: float,
+    generator: torch.Generator,
+    rank: int = 0,
+    world_size: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mark each observed lab missing with probability `rate`: observed -> 0, value -> fill.
+
+    labs, observed float32 [B, L] (this rank's rows); fill float32 [L] (the dataset's fill
+    percentiles). The draw covers the global batch and each rank keeps its own rows, so
+    data-parallel runs drop the same labs as one process would.
+    """
+    rows = labs.shape[0]
+    draw = torch.rand((rows * world_size, labs.shape[1]), generator=generator)
+    drop = (_mine(draw, rows, rank) < rate) & (observed > 0)
+    return torch.where(drop, fill.expand_as(labs), labs), torch.where(drop, 0.0, observed)
 
 
 def shift_ecg(ecg: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:

@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from models import CXRWeightsError, SymileModel, build_model
 from symile_clinical.atomic import remove_stale_temporaries, write_text_atomic
-from symile_clinical.augment import Augmentation, augment
+from symile_clinical.augment import Augmentation, augment, drop_labs
 from symile_clinical.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
@@ -212,27 +212,6 @@ def compute_loss(
     if config.objective == "clip":
         return clip_loss(embeddings, scale)
     return symile_loss(embeddings, scale, negatives=config.negatives, generator=generator)
-
-
-def drop_labs(
-    labs: torch.Tensor,
-    observed: torch.Tensor,
-    fill: torch.Tensor,
-    rate: float,
-    generator: torch.Generator,
-    rank: int = 0,
-    world_size: int = 1,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mark each observed lab missing with probability `rate`: observed -> 0, value -> fill.
-
-    labs, observed float32 [B, L] (this rank's rows); fill float32 [L] (the dataset's fill
-    percentiles). The draw covers the global batch and each rank keeps its own rows, so
-    data-parallel runs drop the same labs as one process would.
-    """
-    rows = labs.shape[0]
-    draw = torch.rand((rows * world_size, labs.shape[1]), generator=generator)
-    drop = (draw[rank * rows : (rank + 1) * rows] < rate) & (observed > 0)
-    return torch.where(drop, fill.expand_as(labs), labs), torch.where(drop, 0.0, observed)
 
 
 def retrieval_accuracy(

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from symile_clinical.augment import drop_labs
 from symile_clinical.checkpoint import load_checkpoint
 from symile_clinical.cli import main
 from symile_clinical.config import (
@@ -33,7 +34,6 @@ from symile_clinical.train import (
     GlobalBatchSampler,
     RunExistsError,
     WarmupCosine,
-    drop_labs,
     retrieval_accuracy,
     train,
 )
