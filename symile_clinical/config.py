@@ -1,4 +1,8 @@
-"""Typed training configuration: ModelConfig + TrainConfig, the `demo` and `paper` presets, TOML.
+"""Typed training configuration: ModelConfig + TrainConfig, the presets, TOML.
+
+Presets: `demo` (Symile's recipe for a CPU), `demo-clip` (CLIP's), both chosen on validation
+by benchmarks/recipe_search.py; `paper` (the reference's Symile-MIMIC regime, for a GPU);
+`search-base` (where the recipe search starts).
 
 A config file is TOML with TrainConfig's fields at the top level and ModelConfig's in a
 [model] table; `preset = "demo"` (or "paper") starts from a preset and overrides it:
@@ -114,6 +118,13 @@ class TrainConfig:
             (
                 min(self.augment_ecg_shift, self.augment_ecg_gain, self.augment_cxr_shift) >= 0,
                 "augment_* amounts must be >= 0",
+            ),
+            (
+                all(
+                    isinstance(v, int) and not isinstance(v, bool)
+                    for v in (self.augment_ecg_shift, self.augment_cxr_shift)
+                ),
+                "augment_ecg_shift and augment_cxr_shift are whole numbers (samples, pixels)",
             ),
             (self.max_steps is None or self.max_steps >= 1, "max_steps must be >= 1"),
             (self.checkpoint_every >= 0, "checkpoint_every must be >= 0"),

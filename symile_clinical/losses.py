@@ -82,7 +82,8 @@ def symile_loss(
     """Symile loss (scalar) of M >= 2 modalities' embeddings, each [B, d], rows aligned.
 
     logit_scale: the already exponentiated temperature (0-dim tensor or float).
-    negatives: "n" (B - 1 shuffled negatives per positive) or "n_squared" (all combinations).
+    negatives: "n" (B - 1 shuffled negatives per positive), "n_squared" (all combinations) or
+    "conditional" (only the last modality's rows replaced; see the module docstring).
     generator: a seeded torch.Generator; needed only for "n" with M >= 3, where permutations
     are drawn from it (under torch.distributed, seed it identically on every rank).
     """

@@ -15,7 +15,8 @@ Every source of randomness is explicit and checkpointed, so a run killed and res
 with the same weights as one that never stopped (bit for bit on CPU):
 - the data order is a permutation drawn per epoch from np.random.default_rng([seed, epoch]);
   resuming skips the batches the checkpoint had already used;
-- lab dropout and the "n" negatives' shuffles draw from their own torch.Generators;
+- lab dropout, augmentation and the "n" negatives' shuffles draw from their own
+  torch.Generators;
 - dropout layers draw from torch's global generator (nn.Dropout takes no generator), which
   is seeded once here and saved with the checkpoint.
 """
@@ -62,6 +63,8 @@ from symile_clinical.retrieval import rank_queries
 from symile_clinical.runs import RunDir
 
 log = logging.getLogger(__name__)
+
+RANK_SEED_STRIDE = 1_000_003
 
 
 class RunExistsError(SymileClinicalError):
@@ -483,7 +486,9 @@ class Trainer:
         """The model on the device and the TrainStep around it (DDP-wrapped under torchrun)."""
         config, device = self.config, self.device
         # The global generator drives dropout layers only; seeded per rank, saved in checkpoints.
-        torch.manual_seed(config.seed + self.world.rank)
+        # Ranks are RANK_SEED_STRIDE apart so that no rank's stream is a named generator's
+        # (seed + 1, seed + 2, ...).
+        torch.manual_seed(config.seed + RANK_SEED_STRIDE * self.world.rank)
         try:
             model = build_model(
                 config.model,
@@ -599,21 +604,21 @@ class Trainer:
                 self.world.rank,
                 self.world.world_size,
             )
-        ecg, cxr = batch["ecg"], batch["cxr"]
-        if self.augmentation.enabled:
+        batch = to_device(
+            {**batch, "labs": labs, "labs_observed": observed}, self.device, self.channels_last
+        )
+        if self.augmentation.enabled:  # on the device: the pinned copies stay asynchronous
             ecg, cxr = augment(
-                ecg,
-                cxr,
+                batch["ecg"],
+                batch["cxr"],
                 self.augmentation,
                 self.generators["augment"],
                 self.world.rank,
                 self.world.world_size,
             )
-        batch = to_device(
-            {**batch, "ecg": ecg, "cxr": cxr, "labs": labs, "labs_observed": observed},
-            self.device,
-            self.channels_last,
-        )
+            if self.channels_last:
+                cxr = cxr.contiguous(memory_format=torch.channels_last)
+            batch = {**batch, "ecg": ecg, "cxr": cxr}
         loss, grad_norm = train_step(
             self.forward,
             self.model,

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from symile_clinical.augment import Augmentation, augment, shift_cxr, shift_ecg
-from symile_clinical.config import TrainConfig
+from symile_clinical.config import ConfigError, TrainConfig, load_config
 
 
 def _batch(rows: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,8 +66,13 @@ def test_ranks_keep_their_rows_of_the_global_draw() -> None:
         assert torch.equal(part[0], whole[0][mine]) and torch.equal(part[1], whole[1][mine])
 
 
-def test_negative_amounts_are_refused() -> None:
+def test_negative_or_fractional_amounts_are_refused(tmp_path) -> None:
     with pytest.raises(ValueError, match=">= 0"):
         Augmentation(ecg_shift=-1)
     with pytest.raises(ValueError, match="augment_"):
         TrainConfig(augment_cxr_shift=-2)
+    path = tmp_path / "c.toml"
+    path.write_text('preset = "demo"\naugment_ecg_shift = 500.0\n')
+    with pytest.raises(ConfigError, match="whole numbers") as caught:
+        load_config(path)
+    assert str(path) in str(caught.value)
