@@ -46,6 +46,7 @@ class StudyConfig:
     recipes: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_RECIPES))
     jobs: int = 2
     max_steps: int | None = None  # None: the recipes' own length
+    encoder_weights: Path | None = None  # pretrained encoders for every run (both objectives)
     cxr_max_size: int = 256
     cxr_size: int = 64
     progress: bool = True
@@ -118,8 +119,9 @@ def run_study(config: StudyConfig, command: str = "symile-clinical study") -> di
                 for seed in config.seeds:
                     cell = StudyCell(fraction, cohort_seed, objective, recipe, seed)
                     cells.append((cell, dataset.path))
+    weights = str(Path(config.encoder_weights).resolve()) if config.encoder_weights else None
     results = run_cells(
-        cells, Path(config.out) / "runs", config.jobs, config.max_steps, config.progress
+        cells, Path(config.out) / "runs", config.jobs, config.max_steps, config.progress, weights
     )
     summary = summarise_study(results)
     files = write_study_report(config.out, summary, command)
@@ -162,8 +164,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             default=preset,
             help=f"preset name or TOML file for {objective} (default {preset})",
         )
+    parser.add_argument(
+        "--encoder-weights",
+        type=_existing_file,
+        default=None,
+        help="a local weights file (train --encoder-weights) that starts every run's encoders",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(run=run_study_command)
+
+
+def _existing_file(text: str) -> Path:
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text}: no such file")
+    return path
 
 
 def run_study_command(args: argparse.Namespace) -> int:
@@ -183,6 +198,8 @@ def run_study_command(args: argparse.Namespace) -> int:
         changes["seeds"] = tuple(range(args.seeds))
     if args.max_steps is not None:
         changes["max_steps"] = args.max_steps
+    if args.encoder_weights is not None:
+        changes["encoder_weights"] = args.encoder_weights
     if args.quick:
         config = StudyConfig.quick(args.out, **changes)
     else:

@@ -82,6 +82,34 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
         {"augment_ecg_shift": 500, "augment_ecg_gain": 0.1, "augment_cxr_shift": 4},
         {},
     ),
+    # Fresh noise on every draw (symile_clinical/augment.py): ECG white noise (peak 1), CXR
+    # pixel noise and log gain, lab percentile noise; "noise2" doubles them.
+    "noise": (
+        "search-base",
+        {
+            "augment_ecg_noise": 0.05,
+            "augment_cxr_noise": 0.05,
+            "augment_cxr_gain": 0.2,
+            "augment_lab_noise": 0.1,
+        },
+        {},
+    ),
+    "noise2": (
+        "search-base",
+        {
+            "augment_ecg_noise": 0.1,
+            "augment_cxr_noise": 0.1,
+            "augment_cxr_gain": 0.4,
+            "augment_lab_noise": 0.2,
+        },
+        {},
+    ),
+    # The ECG encoder between "fast" and the base: stem stride 4 with fast's 8..64 channels,
+    # and the base's ECG encoder (16..128 channels, stride 4) beside fast's CXR.
+    "s4": ("search-base", {}, {"ecg_stem_stride": 4}),
+    "ecgbase": ("search-base", {}, {"ecg_channels": (16, 32, 64, 128), "ecg_stem_stride": 4}),
+    "labnoise": ("search-base", {"augment_lab_noise": 0.1}, {}),
+    "e32": ("search-base", {"epochs": 32, "patience": 0}, {}),
     "e20": ("search-base", {"epochs": 20, "patience": 0}, {}),
     "e40": ("search-base", {"epochs": 40, "patience": 0}, {}),
     "lr3e-3": ("search-base", {"lr": 3e-3}, {}),

@@ -6,6 +6,7 @@ from models.labs_encoder import LabsEncoder
 from models.reference_mimic import SymileMIMICReference
 from models.symile_model import LOGIT_SCALE_INIT, ModelConfig, SymileModel, build_model
 from models.three_modalities import LOGIT_SCALE_MAX, ThreeModalityModel
+from models.weights import WeightsError, load_encoder_weights
 
 __all__ = [
     "LOGIT_SCALE_INIT",
@@ -18,5 +19,7 @@ __all__ = [
     "SymileMIMICReference",
     "SymileModel",
     "ThreeModalityModel",
+    "WeightsError",
     "build_model",
+    "load_encoder_weights",
 ]

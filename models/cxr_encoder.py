@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import torch
@@ -10,19 +9,16 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet
 
+from models.weights import WeightsError, read_state_dict
+
 # resnet18 and resnet50 are the standard ones. resnet10 is torchvision's ResNet class with one
 # BasicBlock per stage, and resnet_tiny keeps only its first two stages (0.3 M parameters):
 # the same family at sizes a 2-core CPU trains in minutes (demo) or seconds (tests).
 ARCHITECTURES = ("resnet_tiny", "resnet10", "resnet18", "resnet50")
 
 
-class CXRWeightsError(ValueError):
-    """A --cxr-weights file that cannot be loaded into the CXR encoder."""
-
-    def __init__(self, path: Path, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = path
-        self.reason = reason
+# The error of a --cxr-weights file: the one error of every local weights file.
+CXRWeightsError = WeightsError
 
 
 def group_norm_2d(channels: int) -> nn.GroupNorm:
@@ -75,18 +71,7 @@ class CXREncoder(nn.Module):
         A 3-channel conv1 is summed over its input channels (the usual grey-scale adaptation);
         fc weights of another shape are skipped, since fc is our projection.
         """
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as error:
-            # torch's own message advises weights_only=False, i.e. running the file's code.
-            raise CXRWeightsError(
-                path, "not a state dict of tensors (refused: it would need pickled code to load)"
-            ) from error
-        except (OSError, RuntimeError, EOFError, ValueError) as error:
-            raise CXRWeightsError(path, f"cannot read state dict: {error}") from error
-        if not isinstance(state, dict):
-            raise CXRWeightsError(path, f"expected a state dict, found {type(state).__name__}")
-        state = {key.removeprefix("resnet."): value for key, value in state.items()}
+        state = {key.removeprefix("resnet."): value for key, value in read_state_dict(path).items()}
         conv1 = state.get("conv1.weight")
         if conv1 is not None and conv1.ndim == 4 and conv1.shape[1] == 3:
             state["conv1.weight"] = conv1.sum(dim=1, keepdim=True)

@@ -14,6 +14,7 @@ from models.cxr_encoder import CXREncoder
 from models.ecg_encoder import ECGEncoder
 from models.labs_encoder import LabsEncoder
 from models.three_modalities import ThreeModalityModel
+from models.weights import load_encoder_weights
 
 LOGIT_SCALE_INIT = math.log(1 / 0.07)  # 2.65926, CLIP's initial temperature
 PROJECTIONS = ("layernorm", "l2", "none")
@@ -147,7 +148,10 @@ def _build(config: ModelConfig) -> SymileModel:
 
 
 def build_model(
-    config: ModelConfig, seed: int | None = None, cxr_weights: Path | None = None
+    config: ModelConfig,
+    seed: int | None = None,
+    cxr_weights: Path | None = None,
+    encoder_weights: Path | None = None,
 ) -> SymileModel:
     """Build a SymileModel; with `seed`, initialise it reproducibly without touching global RNG.
 
@@ -165,4 +169,8 @@ def build_model(
         if config.arch != "symile_clinical":
             raise ValueError(f"cxr_weights are for the symile_clinical arch, not {config.arch}")
         model.cxr_encoder.load_backbone(Path(cxr_weights))
+    if encoder_weights is not None:
+        if config.arch != "symile_clinical":
+            raise ValueError(f"encoder_weights are for the symile_clinical arch, not {config.arch}")
+        load_encoder_weights(model, Path(encoder_weights))
     return model

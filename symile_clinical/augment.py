@@ -11,7 +11,18 @@ recording and keeps what it shows:
 - ECG gain: every (row, lead) is multiplied by exp(u), u uniform in [-ecg_gain, ecg_gain]
   (electrode placement and skin impedance vary between recordings);
 - CXR shift: every image is translated by whole pixels in [-cxr_shift, cxr_shift] along
-  each axis, edges replicated (the random crop of the reference's training transform).
+  each axis, edges replicated (the random crop of the reference's training transform);
+- ECG noise: white Gaussian noise of standard deviation ecg_noise is added to every sample
+  (the tensors are scaled to a peak of 1; another recording has other noise);
+- CXR noise and gain: Gaussian noise of standard deviation cxr_noise is added to every pixel
+  and each image is multiplied by exp(u), u uniform in [-cxr_gain, cxr_gain] (exposure and
+  detector noise differ between films), then clipped to [0, 1];
+- lab noise: Gaussian noise of standard deviation lab_noise is added to every observed lab
+  percentile, clipped to [0, 1] (a repeat draw reads a little differently; what is far from
+  normal stays far). Missing labs keep their fill value.
+
+The noise augmentations are what stop memorisation in benchmarks/xor_saddle.py's toy: a
+model can tell training admissions apart only by what stays fixed across their draws.
 
 Every draw covers the global batch and each rank keeps its own rows (`_mine`), so
 data-parallel training perturbs exactly as one process does on the concatenated batch.
@@ -19,7 +30,9 @@ data-parallel training perturbs exactly as one process does on the concatenated 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,15 +45,26 @@ class Augmentation:
     ecg_shift: int = 0  # samples
     ecg_gain: float = 0.0  # log amplitude
     cxr_shift: int = 0  # pixels
+    ecg_noise: float = 0.0  # standard deviation, ECG units (peak 1)
+    cxr_noise: float = 0.0  # standard deviation, pixel units in [0, 1]
+    cxr_gain: float = 0.0  # log intensity
+    lab_noise: float = 0.0  # standard deviation, percentile units
 
     def __post_init__(self) -> None:
-        if self.ecg_shift < 0 or self.ecg_gain < 0 or self.cxr_shift < 0:
+        if min(dataclasses.astuple(self)) < 0:
             raise ValueError(f"augmentation amounts must be >= 0, got {self}")
 
     @property
     def enabled(self) -> bool:
         """Whether any augmentation is on."""
-        return bool(self.ecg_shift or self.ecg_gain or self.cxr_shift)
+        return any(dataclasses.astuple(self))
+
+
+def augmentation_of(config: Any) -> Augmentation:
+    """The Augmentation of a TrainConfig (its `augment_<amount>` fields)."""
+    return Augmentation(
+        **{f.name: getattr(config, f"augment_{f.name}") for f in dataclasses.fields(Augmentation)}
+    )
 
 
 def _mine(draw: torch.Tensor, rows: int, rank: int) -> torch.Tensor:
@@ -88,16 +112,29 @@ def shift_cxr(cxr: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, pad: int) -
     return picked.permute(0, 3, 1, 2).contiguous()
 
 
+def _global_normal(
+    like: torch.Tensor, world_size: int, rank: int, generator: torch.Generator
+) -> torch.Tensor:
+    """N(0, 1) of like's shape: this rank's rows of one draw over the global batch."""
+    rows = like.shape[0]
+    draw = torch.randn((rows * world_size, *like.shape[1:]), generator=generator)
+    return _mine(draw, rows, rank).to(like.device, like.dtype)
+
+
 def augment(
-    ecg: torch.Tensor,
-    cxr: torch.Tensor,
+    batch: dict[str, torch.Tensor],
     amounts: Augmentation,
     generator: torch.Generator,
     rank: int = 0,
     world_size: int = 1,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ecg, cxr) of this rank's rows, augmented; draws are made on the CPU generator in a
-    fixed order (ECG shift, ECG gain, CXR shift) for the global batch."""
+) -> dict[str, torch.Tensor]:
+    """This rank's batch (ecg, cxr, labs, labs_observed; other keys pass through), augmented.
+
+    Draws are made on the CPU generator for the global batch, in a fixed order (ECG shift,
+    ECG gain, CXR shift, ECG noise, CXR noise, CXR gain, lab noise); an amount of 0 draws
+    nothing, so adding a kind of augmentation leaves the draws of the others as they were.
+    """
+    ecg, cxr, labs = batch["ecg"], batch["cxr"], batch["labs"]
     rows, leads = ecg.shape[0], ecg.shape[1]
     total = rows * world_size
     if amounts.ecg_shift:
@@ -113,4 +150,19 @@ def augment(
         d = _mine(torch.randint(-k, k + 1, (total, 2), generator=generator), rows, rank)
         d = d.to(cxr.device)
         cxr = shift_cxr(cxr, d[:, 0], d[:, 1], k)
-    return ecg, cxr
+    if amounts.ecg_noise:
+        ecg = ecg + amounts.ecg_noise * _global_normal(ecg, world_size, rank, generator)
+    if amounts.cxr_noise or amounts.cxr_gain:
+        if amounts.cxr_noise:
+            cxr = cxr + amounts.cxr_noise * _global_normal(cxr, world_size, rank, generator)
+        if amounts.cxr_gain:
+            u = _mine(torch.rand((total,), generator=generator) * 2 - 1, rows, rank)
+            cxr = (
+                cxr * torch.exp(u * amounts.cxr_gain).to(cxr.device, cxr.dtype)[:, None, None, None]
+            )
+        cxr = cxr.clamp(0.0, 1.0)
+    if amounts.lab_noise:
+        observed = batch["labs_observed"] > 0
+        noisy = labs + amounts.lab_noise * _global_normal(labs, world_size, rank, generator)
+        labs = torch.where(observed, noisy.clamp(0.0, 1.0), labs)
+    return {**batch, "ecg": ecg, "cxr": cxr, "labs": labs}

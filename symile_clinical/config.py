@@ -68,9 +68,13 @@ class TrainConfig:
     `warmup_steps` of linear warm-up, then cosine decay to `min_lr_ratio * lr`;
     `lab_dropout`: probability of marking each observed lab missing during training;
     `augment_*`: training-time ECG roll (samples), ECG per-lead log gain, CXR translation
-    (pixels), see symile_clinical/augment.py (0: off);
+    (pixels), ECG, CXR and lab noise (standard deviations), CXR log gain; see
+    symile_clinical/augment.py (0: off);
     `patience`: epochs without a better val accuracy before stopping (0: never stop early);
     `max_steps`: stop after this many optimiser steps in total (None: all epochs);
+    `cxr_weights`: a local torchvision-style ResNet state dict for the CXR backbone;
+    `encoder_weights`: a local state dict or run checkpoint whose encoder weights start the
+    encoders it holds (models/weights.py); both only start a new run, never a resumed one;
     `precision` "auto" is bf16 autocast on CUDA and fp32 on CPU; `channels_last` None is
     "on CUDA".
     """
@@ -91,6 +95,10 @@ class TrainConfig:
     augment_ecg_shift: int = 0
     augment_ecg_gain: float = 0.0
     augment_cxr_shift: int = 0
+    augment_ecg_noise: float = 0.0
+    augment_cxr_noise: float = 0.0
+    augment_cxr_gain: float = 0.0
+    augment_lab_noise: float = 0.0
     patience: int = 0
     checkpoint_every: int = 100
     log_every: int = 10
@@ -103,6 +111,7 @@ class TrainConfig:
     channels_last: bool | None = None
     compile: bool = False
     cxr_weights: str | None = None
+    encoder_weights: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
@@ -116,7 +125,7 @@ class TrainConfig:
             (self.lr > 0, "lr must be > 0"),
             (0.0 <= self.lab_dropout < 1.0, "lab_dropout must be in [0, 1)"),
             (
-                min(self.augment_ecg_shift, self.augment_ecg_gain, self.augment_cxr_shift) >= 0,
+                min(getattr(self, name) for name in vars(self) if name.startswith("augment_")) >= 0,
                 "augment_* amounts must be >= 0",
             ),
             (

@@ -159,8 +159,11 @@ class StudyCell:
         return f"F{self.joint_fraction:g}_c{self.cohort_seed}/{self.objective}/s{self.seed}"
 
 
-def cell_config(cell: StudyCell, max_steps: int | None = None) -> Any:
-    """The TrainConfig of a cell: its recipe with the cell's objective and seed, on CPU."""
+def cell_config(
+    cell: StudyCell, max_steps: int | None = None, encoder_weights: str | None = None
+) -> Any:
+    """The TrainConfig of a cell: its recipe with the cell's objective and seed, on CPU,
+    with its encoders started from `encoder_weights` when given."""
     import dataclasses as dc
 
     from symile_clinical.config import load_config
@@ -169,11 +172,17 @@ def cell_config(cell: StudyCell, max_steps: int | None = None) -> Any:
     changes: dict[str, Any] = {"objective": cell.objective, "seed": cell.seed, "device": "cpu"}
     if max_steps is not None:
         changes["max_steps"] = max_steps
+    if encoder_weights is not None:
+        changes["encoder_weights"] = encoder_weights
     return dc.replace(config, **changes)
 
 
 def run_cell(
-    cell: StudyCell, dataset: str | Path, runs_root: str | Path, max_steps: int | None = None
+    cell: StudyCell,
+    dataset: str | Path,
+    runs_root: str | Path,
+    max_steps: int | None = None,
+    encoder_weights: str | None = None,
 ) -> dict[str, Any]:
     """Train a cell (resuming a killed run) and measure its best checkpoint on the TEST split,
     once; the result (with per-query hits) is RUN/study_result.json. A finished cell is read
@@ -187,7 +196,7 @@ def run_cell(
     torch.set_num_threads(1)
     run = RunDir(Path(runs_root) / cell.key)
     result_path = run.study_result
-    config = cell_config(cell, max_steps)
+    config = cell_config(cell, max_steps, encoder_weights)
     if result_path.exists():
         result = json.loads(result_path.read_text())
         if result.get("config") != config_to_dict(config):
@@ -427,6 +436,7 @@ def run_cells(
     jobs: int,
     max_steps: int | None = None,
     progress: bool = True,
+    encoder_weights: str | None = None,
 ) -> list[dict[str, Any]]:
     """Run every (cell, dataset) in `jobs` spawned processes (1 torch thread each), with a
     tqdm bar; finished cells are read back, so a killed study resumes where it stopped."""
@@ -439,12 +449,14 @@ def run_cells(
     bar = tqdm(total=len(cells), desc="study", unit="run", disable=not progress)
     if jobs <= 1:
         for cell, dataset in cells:
-            results.append(run_cell(cell, dataset, runs_root, max_steps))
+            results.append(run_cell(cell, dataset, runs_root, max_steps, encoder_weights))
             bar.update(1)
     else:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-            futures = [pool.submit(run_cell, c, d, runs_root, max_steps) for c, d in cells]
+            futures = [
+                pool.submit(run_cell, c, d, runs_root, max_steps, encoder_weights) for c, d in cells
+            ]
             for future in as_completed(futures):
                 results.append(future.result())
                 bar.update(1)

@@ -41,9 +41,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from models import CXRWeightsError, SymileModel, build_model
+from models import SymileModel, WeightsError, build_model
 from symile_clinical.atomic import remove_stale_temporaries, write_text_atomic
-from symile_clinical.augment import Augmentation, augment, drop_labs
+from symile_clinical.augment import augment, augmentation_of, drop_labs
 from symile_clinical.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
@@ -436,7 +436,7 @@ class Trainer:
         self.channels_last = (
             config.channels_last if config.channels_last is not None else device.type == "cuda"
         )
-        self.model, self.step_module = self._build_model()
+        self.model, self.step_module = self._build_model(resuming)
         self.forward = torch.compile(self.step_module) if config.compile else self.step_module
         self.optimizer = torch.optim.AdamW(
             _param_groups(self.model, config.weight_decay),
@@ -462,9 +462,7 @@ class Trainer:
             "loss": torch.Generator(device=device).manual_seed(config.seed),
             "lab_dropout": torch.Generator().manual_seed(config.seed + 1),
         }
-        self.augmentation = Augmentation(
-            config.augment_ecg_shift, config.augment_ecg_gain, config.augment_cxr_shift
-        )
+        self.augmentation = augmentation_of(config)
         if self.augmentation.enabled:  # absent otherwise, so older checkpoints still resume
             self.generators["augment"] = torch.Generator().manual_seed(config.seed + 2)
         self.progress = _Progress()
@@ -482,8 +480,9 @@ class Trainer:
                 self.progress.epoch,
             )
 
-    def _build_model(self) -> tuple[SymileModel, nn.Module]:
-        """The model on the device and the TrainStep around it (DDP-wrapped under torchrun)."""
+    def _build_model(self, resuming: bool) -> tuple[SymileModel, nn.Module]:
+        """The model on the device and the TrainStep around it (DDP-wrapped under torchrun);
+        weights files start a new run only (a resumed one has its checkpoint)."""
         config, device = self.config, self.device
         # The global generator drives dropout layers only; seeded per rank, saved in checkpoints.
         # Ranks are RANK_SEED_STRIDE apart so that no rank's stream is a named generator's
@@ -493,9 +492,16 @@ class Trainer:
             model = build_model(
                 config.model,
                 seed=config.seed,
-                cxr_weights=Path(config.cxr_weights) if config.cxr_weights else None,
+                cxr_weights=Path(config.cxr_weights)
+                if config.cxr_weights and not resuming
+                else None,
+                encoder_weights=(
+                    Path(config.encoder_weights)
+                    if config.encoder_weights and not resuming
+                    else None
+                ),
             ).to(device)
-        except CXRWeightsError as error:  # models/ knows only torch: its error joins ours here
+        except WeightsError as error:  # models/ knows only torch: its error joins ours here
             raise ConfigError(error.path, error.reason) from error
         if self.channels_last:
             model.cxr_encoder.to(memory_format=torch.channels_last)
@@ -608,17 +614,15 @@ class Trainer:
             {**batch, "labs": labs, "labs_observed": observed}, self.device, self.channels_last
         )
         if self.augmentation.enabled:  # on the device: the pinned copies stay asynchronous
-            ecg, cxr = augment(
-                batch["ecg"],
-                batch["cxr"],
+            batch = augment(
+                batch,
                 self.augmentation,
                 self.generators["augment"],
                 self.world.rank,
                 self.world.world_size,
             )
             if self.channels_last:
-                cxr = cxr.contiguous(memory_format=torch.channels_last)
-            batch = {**batch, "ecg": ecg, "cxr": cxr}
+                batch["cxr"] = batch["cxr"].contiguous(memory_format=torch.channels_last)
         loss, grad_norm = train_step(
             self.forward,
             self.model,

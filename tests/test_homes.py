@@ -145,3 +145,37 @@ def test_a_bad_cxr_weights_file_is_an_input_error_naming_it(tmp_path: Path, capl
     with caplog.at_level("ERROR"):
         assert main([*argv, "--cxr-weights", str(broken), "--no-progress"]) == EXIT_BAD_INPUT
     assert str(broken) in caplog.text and "Traceback" not in caplog.text
+
+
+def test_encoder_weights_start_a_new_run_and_a_bad_file_is_an_input_error(
+    tmp_path: Path, caplog
+) -> None:
+    """A finished run's best.pt starts another run's encoders (a pretrained warm start); the
+    resumed run reads its own checkpoint, not the file; a bad file exits 1 naming it."""
+    import torch
+
+    root = write_dataset(tmp_path / "d", n_train=32, n_val=8, n_test=8, n_labs=3, ecg_samples=100)
+    toml = write_tiny_config(tmp_path / "c.toml", epochs=1)
+    first = tmp_path / "first"
+    argv = ["train", "--data", str(root), "--config", str(toml), "--no-progress"]
+    assert main([*argv, "--out", str(first)]) == 0
+    pretrained = tmp_path / "pretrained.pt"
+    pretrained.write_bytes(RunDir(first).best_checkpoint.read_bytes())
+    second = tmp_path / "second"
+    # lr 1e-12: one step leaves the started weights where they were, to float precision.
+    started = [*argv, "--out", str(second), "--encoder-weights", str(pretrained), "--lr", "1e-12"]
+    assert main([*started, "--max-steps", "1", "--seed", "5"]) == 0
+    assert RunDir(second).read_config().encoder_weights == str(pretrained)
+    source = torch.load(RunDir(first).best_checkpoint, weights_only=True)["model"]
+    after = torch.load(RunDir(second).last_checkpoint, weights_only=True)["model"]
+    for name, value in after.items():
+        if "_encoder." in name and value.is_floating_point():
+            torch.testing.assert_close(value, source[name], rtol=0, atol=1e-6)
+    pretrained.unlink()  # resuming needs only the run's own checkpoint
+    assert main(["train", "--out", str(second), "--resume", "--no-progress"]) == 0
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a state dict")
+    with caplog.at_level("ERROR"):
+        code = main([*argv, "--out", str(tmp_path / "third"), "--encoder-weights", str(broken)])
+    assert code == EXIT_BAD_INPUT
+    assert str(broken) in caplog.text and "Traceback" not in caplog.text

@@ -18,6 +18,7 @@ from models import (
     ECGEncoder,
     LabsEncoder,
     ModelConfig,
+    WeightsError,
     build_model,
 )
 
@@ -175,3 +176,49 @@ def test_cxr_weights_of_another_architecture_or_a_bad_file_are_refused(tmp_path:
     broken.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(CXRWeightsError, match=re.escape(str(broken))):
         build_model(ModelConfig(**{**TINY.__dict__, "cxr_arch": "resnet18"}), cxr_weights=broken)
+
+
+def test_encoder_weights_start_the_encoders_from_a_state_dict_or_a_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """A pretrained model's encoders (a state dict, or a run checkpoint holding one under
+    "model") start a new model's; its projections and logit scale keep their own init."""
+    source = build_model(TINY, seed=1)
+    encoders_only = {k: v for k, v in source.state_dict().items() if "_encoder." in k}
+    plain, checkpoint = tmp_path / "encoders.pt", tmp_path / "best.pt"
+    torch.save(encoders_only, plain)
+    torch.save({"model": source.state_dict(), "step": 7, "optimizer": {}}, checkpoint)
+    fresh = build_model(TINY, seed=0)
+    for path in (plain, checkpoint):
+        model = build_model(TINY, seed=0, encoder_weights=path)
+        for name, value in model.state_dict().items():
+            expected = (
+                source.state_dict()[name] if "_encoder." in name else fresh.state_dict()[name]
+            )
+            assert torch.equal(value, expected), (path.name, name)
+    # A file holding only the ECG encoder starts that one alone.
+    ecg_only = tmp_path / "ecg.pt"
+    torch.save({k: v for k, v in encoders_only.items() if k.startswith("ecg_encoder.")}, ecg_only)
+    model = build_model(TINY, seed=0, encoder_weights=ecg_only)
+    assert torch.equal(model.ecg_encoder.fc.weight, source.ecg_encoder.fc.weight)
+    for mine, theirs in zip(
+        model.labs_encoder.parameters(), fresh.labs_encoder.parameters(), strict=True
+    ):
+        assert torch.equal(mine, theirs)
+
+
+def test_encoder_weights_that_do_not_fit_are_refused_naming_the_file(tmp_path: Path) -> None:
+    other = build_model(ModelConfig(**{**TINY.__dict__, "embed_dim": 32}), seed=0)
+    wrong_shape = tmp_path / "d32.pt"
+    torch.save(other.state_dict(), wrong_shape)
+    with pytest.raises(WeightsError, match=re.escape(str(wrong_shape)) + ".*ecg_encoder does not"):
+        build_model(TINY, seed=0, encoder_weights=wrong_shape)
+    no_encoders = tmp_path / "resnet.pt"
+    torch.save({"conv1.weight": torch.zeros(1)}, no_encoders)
+    with pytest.raises(WeightsError, match="holds no encoder weights"):
+        build_model(TINY, seed=0, encoder_weights=no_encoders)
+    text = tmp_path / "notes.pt"
+    text.write_text("not torch")
+    with pytest.raises(WeightsError, match=re.escape(str(text)) + ": not a state dict"):
+        build_model(TINY, seed=0, encoder_weights=text)
+    assert issubclass(CXRWeightsError, WeightsError)

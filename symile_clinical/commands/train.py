@@ -26,6 +26,7 @@ TRAIN_OVERRIDES = {
     "precision": "precision",
     "compile": "compile",
     "cxr_weights": "cxr_weights",
+    "encoder_weights": "encoder_weights",
 }
 MODEL_OVERRIDES = {
     "projection": "projection",
@@ -92,6 +93,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--cxr-size", type=int, help="CXR side the encoder sees, px")
     parser.add_argument(
         "--cxr-weights", help="local state dict for the CXR ResNet (nothing is downloaded)"
+    )
+    parser.add_argument(
+        "--encoder-weights",
+        help="local state dict or run checkpoint (best.pt) whose ecg_encoder./labs_encoder./"
+        "cxr_encoder. weights start those encoders (pretrained encoders; nothing is downloaded)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     # Test hook: SIGKILL this process after N steps, as a crash would (kill-and-resume test).
