@@ -8,12 +8,13 @@
     # the study with both objectives started from it (test split, once per run)
     symile-clinical study --encoder-weights W.pt ...
 
-`pretrain` trains the three encoders of preset `demo`'s model, each with a linear head, to
-predict its own modality's marker bits (ECG bits from the ECG, lab bits from the labs, CXR
-findings from the CXR) on cohort E's train split (`--method supervised`), or without labels
-(`--method ssl`: two augmented views of each admission told apart from the batch's others).
-It writes the encoders' state dict, which `symile-clinical train --encoder-weights` and
-`study --encoder-weights` load. E is a cohort of its own (another synth seed): it plays
+`pretrain --method supervised` is `symile-clinical pretrain` (symile_clinical/pretrain.py)
+on cohort E with its marker findings as labels (preprocessing/synth/labels.py, written
+beside the weights as W.csv): each encoder of preset `demo`'s model learns its own
+modality's findings on E's train split. `--method ssl` uses no labels: two augmented views
+of each admission told apart from the batch's others. Either writes the encoders' state
+dict, which `symile-clinical train --encoder-weights` and `study --encoder-weights` load.
+E is a cohort of its own (another synth seed): it plays
 the part of the labelled data a pretrained ECG or CXR encoder of real data was trained on,
 and the cohorts the encoders are then used on never lend their labels.
 """
@@ -40,9 +41,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.recipe_search import N_MARKERS, probes, ridge_probe, truth_for
 from models.symile_model import build_model
+from preprocessing.synth.labels import write_finding_labels
 from symile_clinical.augment import Augmentation, augment, drop_labs
 from symile_clinical.config import load_config
-from symile_clinical.dataset_dir import DatasetDir, SplitArrays
+from symile_clinical.dataset_dir import DatasetDir
+from symile_clinical.pretrain import batch_inputs, encode, pretrain_encoders
 from symile_clinical.runs import RunDir
 from symile_clinical.study import measure_embeddings, run_summary, split_embeddings
 from symile_clinical.train import fit_model_to_data, train
@@ -53,76 +56,6 @@ ENCODERS = {
     "labs": ("labs_encoder", "lab_bit_{k}"),
     "cxr": ("cxr_encoder", "cxr_bit_{k}"),
 }
-
-
-def _inputs(arrays: SplitArrays, rows: np.ndarray) -> dict[str, torch.Tensor]:
-    return {
-        "ecg": torch.from_numpy(np.asarray(arrays.ecg[rows], dtype=np.float32)),
-        "cxr": torch.from_numpy(
-            np.asarray(arrays.cxr[rows], dtype=np.float32)
-            / (255.0 if arrays.cxr.dtype == np.uint8 else 1.0)
-        ),
-        "labs": torch.from_numpy(np.asarray(arrays.labs[rows], dtype=np.float32)),
-        "labs_observed": torch.from_numpy(np.asarray(arrays.labs_observed[rows], dtype=np.float32)),
-    }
-
-
-def _encode(model: nn.Module, modality: str, x: dict[str, torch.Tensor]) -> torch.Tensor:
-    if modality == "ecg":
-        return model.ecg_encoder(x["ecg"])
-    if modality == "labs":
-        return model.labs_encoder(x["labs"], x["labs_observed"])
-    return model.cxr_encoder(x["cxr"])
-
-
-def _bits(truth: Any, modality: str) -> torch.Tensor:
-    column = ENCODERS[modality][1]
-    return torch.tensor(
-        np.stack([truth[column.format(k=k)].to_numpy() for k in range(N_MARKERS)], 1),
-        dtype=torch.float32,
-    )
-
-
-def pretrain(cohort: Path, config: Any, seed: int, epochs: int) -> tuple[dict, dict[str, float]]:
-    """Encoder weights trained on their own modality's bits (train split), and the val
-    accuracy of each modality's bits (mean over markers)."""
-    dataset = DatasetDir(cohort / "dataset")
-    train, val = dataset.split("train"), dataset.split("val")
-    model = build_model(config.model, seed=seed)
-    heads = nn.ModuleDict({m: nn.Linear(config.model.embed_dim, N_MARKERS) for m in ENCODERS})
-    truth = {s: truth_for(cohort, s) for s in ("train", "val")}
-    targets = {s: {m: _bits(truth[s], m) for m in ENCODERS} for s in truth}
-    params = [p for m, (name, _) in ENCODERS.items() for p in getattr(model, name).parameters()]
-    optimizer = torch.optim.AdamW(params + list(heads.parameters()), lr=1e-3, weight_decay=0.01)
-    generator = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(train), generator=generator).numpy()
-        for start in range(0, len(order) - 63, 64):
-            rows = np.sort(order[start : start + 64])
-            x = _inputs(train, rows)
-            loss = sum(
-                F.binary_cross_entropy_with_logits(
-                    heads[m](_encode(model, m, x)), targets["train"][m][rows]
-                )
-                for m in ENCODERS
-            )
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    model.eval()
-    accuracy = {}
-    with torch.no_grad():
-        x = _inputs(val, np.arange(len(val)))
-        for m in ENCODERS:
-            guess = heads[m](_encode(model, m, x)) > 0
-            accuracy[m] = float((guess == (targets["val"][m] > 0.5)).float().mean())
-    weights = {
-        k: v
-        for k, v in model.state_dict().items()
-        if k.split(".")[0] in {n for n, _ in ENCODERS.values()}
-    }
-    return weights, accuracy
 
 
 SSL_VIEWS = Augmentation(500, 0.1, 4, ecg_noise=0.05, cxr_noise=0.05, cxr_gain=0.2, lab_noise=0.1)
@@ -151,7 +84,7 @@ def pretrain_ssl(
     for _ in range(epochs):
         order = torch.randperm(len(train), generator=generator).numpy()
         for start in range(0, len(order) - 63, 64):
-            x = _inputs(train, np.sort(order[start : start + 64]))
+            x = batch_inputs(train, np.sort(order[start : start + 64]))
             views = []
             for _view in range(2):
                 labs, observed = drop_labs(x["labs"], x["labs_observed"], fill, 0.2, generator)
@@ -160,7 +93,7 @@ def pretrain_ssl(
                 )
             loss = 0.0
             for m in ENCODERS:
-                z1, z2 = (F.normalize(heads[m](_encode(model, m, v)), dim=-1) for v in views)
+                z1, z2 = (F.normalize(heads[m](encode(model, m, v)), dim=-1) for v in views)
                 logits = z1 @ z2.T / 0.1
                 loss = (
                     loss + (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
@@ -174,8 +107,8 @@ def pretrain_ssl(
     with torch.no_grad():
         feats = {
             s: {
-                m: _encode(
-                    model, m, _inputs(dataset.split(s), np.arange(len(dataset.split(s))))
+                m: encode(
+                    model, m, batch_inputs(dataset.split(s), np.arange(len(dataset.split(s))))
                 ).numpy()
                 for m in ENCODERS
             }
@@ -251,9 +184,19 @@ def main() -> None:
             dataclasses.replace(load_config("demo"), seed=args.seed),
             DatasetDir(cohort / "dataset").split("train"),
         )
-        start = pretrain if args.method == "supervised" else pretrain_ssl
-        weights, accuracy = start(cohort, config, args.seed, args.epochs)
-        torch.save(weights, args.out)
+        if args.method == "supervised":  # the product's pretraining, on the truth's findings
+            labels = write_finding_labels(cohort / "mimic", Path(args.out).with_suffix(".csv"))
+            accuracy = pretrain_encoders(
+                dataclasses.replace(load_config("demo"), seed=args.seed),
+                DatasetDir(cohort / "dataset"),
+                labels,
+                Path(args.out),
+                epochs=args.epochs,
+                progress=False,
+            )
+        else:
+            weights, accuracy = pretrain_ssl(cohort, config, args.seed, args.epochs)
+            torch.save(weights, args.out)
         print(
             f"{args.out}: {args.method} encoders; {cohort.name} val bit accuracy "
             + " ".join(f"{m} {a:.2f}" for m, a in accuracy.items()),
