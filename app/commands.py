@@ -83,6 +83,12 @@ def register_demo(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--bootstrap", type=int_at_least(2), default=1000, help="bootstrap resamples (>= 2)"
     )
+    parser.add_argument(
+        "--no-pretrain",
+        action="store_true",
+        help="train both objectives from random encoders (default: encoders pretrained on a "
+        "separate labelled synthetic cohort)",
+    )
     parser.add_argument("--no-serve", action="store_true", help="stop before serving the app")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_serve_options(parser)
@@ -175,6 +181,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
         joint_fraction=args.joint_fraction,
         workers=args.workers,
         n_bootstrap=args.bootstrap,
+        pretrain=not args.no_pretrain,
         progress=not args.no_progress,
     )
     result = run_demo(config)

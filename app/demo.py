@@ -4,10 +4,18 @@ Steps, each skipped when its output is already there and current:
 
 1. synthesise the demo cohort           OUT/mimic/       (preprocessing.synth.generate_cohort)
 2. preprocess it                        OUT/dataset/     (preprocessing.pipeline.run_preprocess)
-3. train Symile and pairwise CLIP       OUT/runs/symile/, OUT/runs/clip/ (symile_clinical.train)
-4. evaluate Symile with CLIP compared   OUT/runs/symile/report/ (symile_clinical.evaluate)
-5. build each run's candidate index     OUT/runs/*/index/ (symile_clinical.index)
-6. name CLIP as Symile's comparison     OUT/runs/symile/compare.json
+3. pretrain the encoders on a separate labelled cohort's findings (unless `pretrain` is off):
+   synthesise and preprocess it         OUT/pretrain/mimic/, OUT/pretrain/dataset/
+   pretrain                             OUT/pretrain/encoders.pt (symile_clinical.pretrain)
+4. train Symile and pairwise CLIP, both from those encoders
+                                        OUT/runs/symile/, OUT/runs/clip/ (symile_clinical.train)
+5. evaluate Symile with CLIP compared   OUT/runs/symile/report/ (symile_clinical.evaluate)
+6. build each run's candidate index     OUT/runs/*/index/ (symile_clinical.index)
+7. name CLIP as Symile's comparison     OUT/runs/symile/compare.json
+
+The pretraining cohort is another synthetic hospital (its own seed): its findings play the
+part of the labelled data a pretrained ECG or CXR network was trained on, and the demo
+cohort lends no labels. Why the encoders are pretrained: docs/diagnosis.md, round 3.
 
 "Current" is decided by a stamp per step in OUT/.demo/<step>.json holding the inputs that
 determine the step's output (its settings and the sha256 of the files it reads); a step
@@ -58,6 +66,12 @@ class DemoConfig:
     epochs: int | None = None  # None: the preset's
     max_steps: int | None = None  # None: the preset's (all epochs)
     n_bootstrap: int = 1000
+    # Encoders pretrained on a separate labelled cohort (seed `pretrain_seed`, the demo's
+    # joint fraction) before both objectives are trained; False: from random weights.
+    pretrain: bool = True
+    pretrain_admissions: int = 2000
+    pretrain_seed: int = 7
+    pretrain_epochs: int = 20
     # Symile and CLIP trained at once in two processes, each with half the cores: small
     # models use one thread better than two, so this finishes sooner than one after another.
     parallel_training: bool = True
@@ -118,11 +132,16 @@ class _Steps:
         log.info("demo: %s done in %.1f s", name, time.perf_counter() - tick)
 
 
-def _train_config(config: DemoConfig, objective: str) -> TrainConfig:
-    """The preset's training config with the demo's objective, seed and epoch limits."""
+def _train_config(
+    config: DemoConfig, objective: str, encoder_weights: Path | None = None
+) -> TrainConfig:
+    """The preset's training config with the demo's objective, seed and epoch limits, its
+    encoders started from `encoder_weights` when given."""
     from symile_clinical.config import config_from_dict, load_config
 
     overrides: dict[str, Any] = {"objective": objective, "seed": config.seed, "device": "cpu"}
+    if encoder_weights is not None:
+        overrides["encoder_weights"] = str(encoder_weights.resolve())
     if config.epochs is not None:
         overrides["epochs"] = config.epochs
     if config.max_steps is not None:
@@ -180,27 +199,24 @@ def _train_in_parallel(pending: list, dataset: Path, steps: _Steps) -> None:
     log.info("demo: parallel training done in %.1f s", time.perf_counter() - tick)
 
 
-def run_demo(config: DemoConfig) -> DemoResult:
-    """Synthesise, preprocess, train Symile and CLIP, evaluate, index; skip what is current."""
+def _cohort(
+    config: DemoConfig,
+    steps: _Steps,
+    prefix: str,
+    mimic: Path,
+    dataset: Path,
+    seed: int,
+    admissions: int,
+) -> None:
+    """Synthesise and preprocess one cohort (steps `<prefix>synth`, `<prefix>preprocess`)."""
     from preprocessing.pipeline import PreprocessConfig, run_preprocess
     from preprocessing.synth.config import SynthConfig
     from preprocessing.synth.generate import MARKER_FILE, generate_cohort
-    from symile_clinical.config import config_to_dict
-    from symile_clinical.evaluate import EvaluateConfig, evaluate
-    from symile_clinical.index import IndexConfig, ensure_index
-
-    start = time.perf_counter()
-    out = Path(config.out)
-    mimic, dataset = out / "mimic", out / "dataset"
-    symile_run, clip_run = out / "runs" / "symile", out / "runs" / "clip"
-    data = DatasetDir(dataset)
-    runs = {"symile": RunDir(symile_run), "clip": RunDir(clip_run)}  # by objective
-    steps = _Steps(out)
 
     synth = SynthConfig(
         out=mimic,
-        admissions=config.admissions,
-        seed=config.seed,
+        admissions=admissions,
+        seed=seed,
         joint_fraction=config.joint_fraction,
         workers=config.workers,
         cxr_max_size=config.cxr_max_size,
@@ -209,14 +225,13 @@ def run_demo(config: DemoConfig) -> DemoResult:
     synth_inputs = {
         k: v for k, v in dataclasses.asdict(synth).items() if k not in ("workers", "progress")
     }
-    steps.run("synth", synth_inputs, mimic / MARKER_FILE, lambda: generate_cohort(synth))
-
+    steps.run(f"{prefix}synth", synth_inputs, mimic / MARKER_FILE, lambda: generate_cohort(synth))
     preprocess = PreprocessConfig(
         mimic_root=mimic,
         out=dataset,
         workers=config.workers,
         cxr_size=config.cxr_size,
-        seed=config.seed,
+        seed=seed,
         progress=config.progress,
     )
 
@@ -229,13 +244,72 @@ def run_demo(config: DemoConfig) -> DemoResult:
         run_preprocess(preprocess)
 
     preprocess_inputs = {"synth": synth_inputs, "fingerprint": preprocess.fingerprint()}
-    steps.run("preprocess", preprocess_inputs, data.dataset_json_path, preprocess_step)
+    steps.run(
+        f"{prefix}preprocess",
+        preprocess_inputs,
+        DatasetDir(dataset).dataset_json_path,
+        preprocess_step,
+    )
+
+
+def _pretrained_encoders(config: DemoConfig, steps: _Steps, folder: Path) -> Path:
+    """The pretraining cohort, its findings as labels, and the encoders trained on them
+    (FOLDER/encoders.pt); the Symile preset's model, the demo's training seed."""
+    from preprocessing.synth.labels import write_finding_labels
+    from symile_clinical.config import config_to_dict, load_config
+    from symile_clinical.pretrain import pretrain_encoders
+
+    mimic, dataset = folder / "mimic", folder / "dataset"
+    _cohort(
+        config, steps, "pretrain-", mimic, dataset, config.pretrain_seed, config.pretrain_admissions
+    )
+    pre_config = dataclasses.replace(load_config(config.symile_preset), seed=config.seed)
+    weights = folder / "encoders.pt"
+    inputs = {
+        "dataset": DatasetDir(dataset).sha256(),
+        "config": config_to_dict(pre_config),
+        "epochs": config.pretrain_epochs,
+    }
+
+    def pretrain_step() -> None:
+        labels = write_finding_labels(mimic, folder / "labels.csv")
+        pretrain_encoders(
+            pre_config,
+            DatasetDir(dataset),
+            labels,
+            weights,
+            epochs=config.pretrain_epochs,
+            progress=config.progress,
+        )
+
+    steps.run("pretrain", inputs, weights, pretrain_step)
+    return weights
+
+
+def run_demo(config: DemoConfig) -> DemoResult:
+    """Synthesise, preprocess, train Symile and CLIP, evaluate, index; skip what is current."""
+    from symile_clinical.config import config_to_dict
+    from symile_clinical.evaluate import EvaluateConfig, evaluate
+    from symile_clinical.index import IndexConfig, ensure_index
+
+    start = time.perf_counter()
+    out = Path(config.out)
+    mimic, dataset = out / "mimic", out / "dataset"
+    symile_run, clip_run = out / "runs" / "symile", out / "runs" / "clip"
+    data = DatasetDir(dataset)
+    runs = {"symile": RunDir(symile_run), "clip": RunDir(clip_run)}  # by objective
+    steps = _Steps(out)
+
+    _cohort(config, steps, "", mimic, dataset, config.seed, config.admissions)
     dataset_sha = data.sha256()
+    weights = _pretrained_encoders(config, steps, out / "pretrain") if config.pretrain else None
 
     pending = []
     for objective, run in runs.items():
-        train_config = _train_config(config, objective)
+        train_config = _train_config(config, objective, weights)
         inputs = {"dataset": dataset_sha, "config": config_to_dict(train_config)}
+        if weights is not None:
+            inputs["encoder_weights"] = file_sha256(weights)
         if not steps.is_current(f"train-{objective}", inputs, run.last_checkpoint):
             pending.append((f"train-{objective}", inputs, train_config, run))
     if config.parallel_training and len(pending) == 2:

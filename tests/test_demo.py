@@ -24,12 +24,17 @@ def test_demo_runs_every_step_then_skips_what_is_current(tmp_path: Path) -> None
         epochs=1,
         n_bootstrap=20,
         workers=1,
+        pretrain_admissions=180,
+        pretrain_epochs=1,
         progress=False,
     )
     first = run_demo(config)
     assert first.ran == (
         "synth",
         "preprocess",
+        "pretrain-synth",
+        "pretrain-preprocess",
+        "pretrain",
         "train-symile",
         "train-clip",
         "evaluate",
@@ -45,5 +50,18 @@ def test_demo_runs_every_step_then_skips_what_is_current(tmp_path: Path) -> None
         ("CLIP", RunDir(first.symile_run / "../clip"))
     ]
 
+    weights = (config.out / "pretrain" / "encoders.pt").resolve()
+    for run in (first.symile_run, first.clip_run):  # both objectives start from the encoders
+        assert RunDir(run).read_config().encoder_weights == str(weights)
+
     assert run_demo(config).ran == ()
     assert run_demo(replace(config, n_bootstrap=30)).ran == ("evaluate",)
+    # Other pretraining: the encoders, then everything trained from them, again.
+    assert run_demo(replace(config, n_bootstrap=30, pretrain_epochs=2)).ran == (
+        "pretrain",
+        "train-symile",
+        "train-clip",
+        "evaluate",
+        "index-symile",
+        "index-clip",
+    )
