@@ -17,6 +17,7 @@ study_result.json exists are reused; a killed training resumes from its checkpoi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import shutil
 import sys
@@ -47,6 +48,9 @@ class StudyConfig:
     jobs: int = 2
     max_steps: int | None = None  # None: the recipes' own length
     encoder_weights: Path | None = None  # pretrained encoders for every run (both objectives)
+    # Make them first from a separate labelled cohort (OUT/pretrain/, seed PRETRAIN_SEED, F 0.5)
+    pretrain: bool = False
+    pretrain_epochs: int = 20
     cxr_max_size: int = 256
     cxr_size: int = 64
     progress: bool = True
@@ -61,8 +65,13 @@ class StudyConfig:
             "cohort_seeds": (0,),
             "seeds": (0, 1),
             "max_steps": 2,
+            "pretrain_epochs": 1,
         }
         return cls(**{**values, **changes})
+
+
+# The pretraining cohort: another synthetic hospital, the demo's (app/demo.py) by default.
+PRETRAIN_SEED, PRETRAIN_FRACTION = 7, 0.5
 
 
 def cohort_dir(config: StudyConfig, fraction: float, cohort_seed: int) -> Path:
@@ -70,13 +79,16 @@ def cohort_dir(config: StudyConfig, fraction: float, cohort_seed: int) -> Path:
     return Path(config.out) / "cohorts" / f"F{fraction:g}_c{cohort_seed}"
 
 
-def ensure_cohort(config: StudyConfig, fraction: float, cohort_seed: int) -> DatasetDir:
-    """Generate and preprocess one cohort unless its dataset is already complete."""
+def ensure_cohort(
+    config: StudyConfig, fraction: float, cohort_seed: int, folder: Path | None = None
+) -> DatasetDir:
+    """Generate and preprocess one cohort (into `folder`, default `cohort_dir`) unless its
+    dataset is already complete."""
     from preprocessing.pipeline import PreprocessConfig, run_preprocess
     from preprocessing.synth.config import SynthConfig
     from preprocessing.synth.generate import generate_cohort
 
-    folder = cohort_dir(config, fraction, cohort_seed)
+    folder = folder or cohort_dir(config, fraction, cohort_seed)
     dataset = DatasetDir(folder / "dataset")
     if dataset.is_complete():
         return dataset
@@ -107,9 +119,35 @@ def ensure_cohort(config: StudyConfig, fraction: float, cohort_seed: int) -> Dat
     return dataset
 
 
+def ensure_pretrained_encoders(config: StudyConfig) -> Path:
+    """OUT/pretrain/encoders.pt: the Symile recipe's encoders (training seed 0) pretrained
+    on the findings of a separate cohort (OUT/pretrain/, seed PRETRAIN_SEED, F 0.5), made
+    unless already there."""
+    import dataclasses
+
+    from preprocessing.synth.labels import write_finding_labels
+    from symile_clinical.config import load_config
+    from symile_clinical.pretrain import pretrain_encoders
+
+    folder = Path(config.out) / "pretrain"
+    weights = folder / "encoders.pt"
+    if weights.exists():
+        return weights
+    dataset = ensure_cohort(config, PRETRAIN_FRACTION, PRETRAIN_SEED, folder)
+    labels = write_finding_labels(folder / "mimic", folder / "labels.csv")
+    recipe = dataclasses.replace(load_config(config.recipes["symile"]), seed=0)
+    pretrain_encoders(
+        recipe, dataset, labels, weights, config.pretrain_epochs, progress=config.progress
+    )
+    return weights
+
+
 def run_study(config: StudyConfig, command: str = "symile-clinical study") -> dict[str, Any]:
     """Cohorts, every cell, the report; returns {"summary", "files", "results"}."""
     from symile_clinical.study import StudyCell, run_cells, summarise_study, write_study_report
+
+    if config.pretrain:
+        config = dataclasses.replace(config, encoder_weights=ensure_pretrained_encoders(config))
 
     cells = []
     for fraction in config.fractions:
@@ -164,11 +202,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             default=preset,
             help=f"preset name or TOML file for {objective} (default {preset})",
         )
-    parser.add_argument(
+    weights = parser.add_mutually_exclusive_group()
+    weights.add_argument(
         "--encoder-weights",
         type=_existing_file,
         default=None,
         help="a local weights file (train --encoder-weights) that starts every run's encoders",
+    )
+    weights.add_argument(
+        "--pretrain",
+        action="store_true",
+        help="first pretrain the encoders on a separate labelled cohort's findings "
+        f"(OUT/pretrain/: seed {PRETRAIN_SEED}, F {PRETRAIN_FRACTION}) and start every run "
+        "from them",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(run=run_study_command)
@@ -200,6 +246,8 @@ def run_study_command(args: argparse.Namespace) -> int:
         changes["max_steps"] = args.max_steps
     if args.encoder_weights is not None:
         changes["encoder_weights"] = args.encoder_weights
+    if args.pretrain:
+        changes["pretrain"] = True
     if args.quick:
         config = StudyConfig.quick(args.out, **changes)
     else:

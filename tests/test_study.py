@@ -41,6 +41,7 @@ def quick_study(tmp_path_factory: pytest.TempPathFactory) -> dict:
         recipes={"symile": str(recipe), "clip": str(recipe)},
         jobs=1,
         max_steps=2,
+        pretrain=True,
         progress=False,
     )
     return {"config": config, **run_study(config)}
@@ -67,6 +68,12 @@ def test_quick_study_writes_every_cell_and_the_report(quick_study: dict) -> None
     # Each cohort is a real synthesised + preprocessed dataset at its joint fraction.
     synth = json.loads((cohort_dir(config, 1.0, 0) / "mimic" / "synth.json").read_text())
     assert synth["config"]["joint_fraction"] == 1.0
+    # --pretrain: encoders from a cohort of their own start every run of both objectives.
+    pretrain = config.out / "pretrain"
+    synth = json.loads((pretrain / "mimic" / "synth.json").read_text())
+    assert (synth["config"]["seed"], synth["config"]["joint_fraction"]) == (7, 0.5)
+    weights = str((pretrain / "encoders.pt").resolve())
+    assert {r["config"]["encoder_weights"] for r in quick_study["results"]} == {weights}
 
 
 def test_paired_difference_pairs_by_cohort_and_seed(quick_study: dict) -> None:
