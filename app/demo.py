@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from symile_clinical.atomic import write_json_atomic
 from symile_clinical.checkpoint import file_sha256
 from symile_clinical.dataset_dir import DatasetDir
+from symile_clinical.errors import UsageError
 from symile_clinical.runs import RunDir
 
 if TYPE_CHECKING:
@@ -265,10 +266,11 @@ def _pretrained_encoders(config: DemoConfig, steps: _Steps, folder: Path) -> Pat
     )
     pre_config = dataclasses.replace(load_config(config.symile_preset), seed=config.seed)
     weights = folder / "encoders.pt"
-    inputs = {
+    trained = config_to_dict(pre_config)
+    inputs = {  # what pretraining reads of the preset: its model and optimiser, not its epochs
         "dataset": DatasetDir(dataset).sha256(),
-        "config": config_to_dict(pre_config),
         "epochs": config.pretrain_epochs,
+        **{k: trained[k] for k in ("model", "lr", "weight_decay", "batch_size", "seed")},
     }
 
     def pretrain_step() -> None:
@@ -292,6 +294,12 @@ def run_demo(config: DemoConfig) -> DemoResult:
     from symile_clinical.evaluate import EvaluateConfig, evaluate
     from symile_clinical.index import IndexConfig, ensure_index
 
+    if config.pretrain and config.seed == config.pretrain_seed:
+        raise UsageError(
+            "--seed",
+            f"{config.seed} is the pretraining cohort's seed: the encoders would have seen "
+            "the demo cohort's labels",
+        )
     start = time.perf_counter()
     out = Path(config.out)
     mimic, dataset = out / "mimic", out / "dataset"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import shutil
 import sys
@@ -27,6 +28,7 @@ from typing import Any
 
 from symile_clinical.cli import int_at_least
 from symile_clinical.dataset_dir import DatasetDir
+from symile_clinical.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -123,22 +125,29 @@ def ensure_pretrained_encoders(config: StudyConfig) -> Path:
     """OUT/pretrain/encoders.pt: the Symile recipe's encoders (training seed 0) pretrained
     on the findings of a separate cohort (OUT/pretrain/, seed PRETRAIN_SEED, F 0.5), made
     unless already there."""
-    import dataclasses
-
     from preprocessing.synth.labels import write_finding_labels
-    from symile_clinical.config import load_config
+    from symile_clinical.atomic import write_json_atomic
+    from symile_clinical.config import config_to_dict, load_config
     from symile_clinical.pretrain import pretrain_encoders
 
     folder = Path(config.out) / "pretrain"
-    weights = folder / "encoders.pt"
-    if weights.exists():
+    weights, stamp = folder / "encoders.pt", folder / "encoders.json"
+    recipe = dataclasses.replace(load_config(config.recipes["symile"]), seed=0)
+    trained = config_to_dict(recipe)
+    inputs = {
+        "cohort": [config.admissions, config.cxr_max_size, config.cxr_size],
+        "epochs": config.pretrain_epochs,
+        **{k: trained[k] for k in ("model", "lr", "weight_decay", "batch_size", "seed")},
+    }
+    if weights.exists() and stamp.exists() and json.loads(stamp.read_text()) == inputs:
         return weights
+    shutil.rmtree(folder, ignore_errors=True)  # made for another study size or recipe
     dataset = ensure_cohort(config, PRETRAIN_FRACTION, PRETRAIN_SEED, folder)
     labels = write_finding_labels(folder / "mimic", folder / "labels.csv")
-    recipe = dataclasses.replace(load_config(config.recipes["symile"]), seed=0)
     pretrain_encoders(
         recipe, dataset, labels, weights, config.pretrain_epochs, progress=config.progress
     )
+    write_json_atomic(stamp, inputs)
     return weights
 
 
@@ -147,6 +156,14 @@ def run_study(config: StudyConfig, command: str = "symile-clinical study") -> di
     from symile_clinical.study import StudyCell, run_cells, summarise_study, write_study_report
 
     if config.pretrain:
+        if config.encoder_weights is not None:
+            raise UsageError("--pretrain", "makes the encoder weights: drop --encoder-weights")
+        if PRETRAIN_SEED in config.cohort_seeds:
+            raise UsageError(
+                "--cohort-seeds",
+                f"cohort seed {PRETRAIN_SEED} is the pretraining cohort's: the encoders would "
+                "have seen that cohort's labels (use at most 7 cohort seeds with --pretrain)",
+            )
         config = dataclasses.replace(config, encoder_weights=ensure_pretrained_encoders(config))
 
     cells = []

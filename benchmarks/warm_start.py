@@ -3,7 +3,7 @@
     # encoders trained on a separate labelled cohort's marker bits -> a weights file
     OMP_NUM_THREADS=1 python benchmarks/warm_start.py pretrain --cohort E --seed 0 --out W.pt
     # Symile and CLIP (presets demo, demo-clip) started from it, measured on VALIDATION
-    OMP_NUM_THREADS=1 python benchmarks/warm_start.py compare --cohort C --weights W.pt \
+    OMP_NUM_THREADS=1 python benchmarks/warm_start.py compare --cohorts C --weights W.pt \
         --seeds 0,1 --out D
     # the study with both objectives started from it (test split, once per run)
     symile-clinical study --encoder-weights W.pt ...

@@ -57,8 +57,9 @@ def load_encoder_weights(model: nn.Module, path: Path) -> tuple[str, ...]:
         try:
             getattr(model, name).load_state_dict(part, strict=True)
         except (AttributeError, RuntimeError) as error:
-            first = str(error).strip().splitlines()[0]
-            raise WeightsError(path, f"{name} does not match the model: {first}") from error
+            # torch's first line only names the module; the mismatches follow it.
+            detail = " ".join(line.strip() for line in str(error).strip().splitlines())
+            raise WeightsError(path, f"{name} does not match the model: {detail}") from error
         loaded.append(name)
     if not loaded:
         raise WeightsError(path, f"holds no encoder weights (keys starting {', '.join(ENCODERS)})")

@@ -132,7 +132,8 @@ def augment(
 
     Draws are made on the CPU generator for the global batch, in a fixed order (ECG shift,
     ECG gain, CXR shift, ECG noise, CXR noise, CXR gain, lab noise); an amount of 0 draws
-    nothing, so adding a kind of augmentation leaves the draws of the others as they were.
+    nothing, so turning a kind on leaves the draws of the kinds before it as they were (the
+    first three: the presets chosen before the noise kinds existed train as they did).
     """
     ecg, cxr, labs = batch["ecg"], batch["cxr"], batch["labs"]
     rows, leads = ecg.shape[0], ecg.shape[1]

@@ -17,6 +17,7 @@ is never read.
 
 from __future__ import annotations
 
+import csv
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,11 +56,15 @@ class FindingLabels:
 def read_labels(path: Path, dataset: DatasetDir, split: str) -> FindingLabels:
     """The labels file's findings for the rows of one split (NaN where unknown)."""
     try:
-        table = pd.read_csv(path)
-    except (OSError, ValueError) as error:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+        with path.open(newline="") as handle:  # pandas renames a repeated column: look first
+            header = next(csv.reader(handle), [])
+    except (OSError, ValueError, UnicodeDecodeError) as error:
         raise LabelsError(path, f"cannot read CSV: {error}") from error
     if "hadm_id" not in table.columns:
         raise LabelsError(path, "has no hadm_id column")
+    if header and len(set(header)) != len(header):
+        raise LabelsError(path, "repeats a column name")
     names: dict[str, list[str]] = {m: [] for m in MODALITIES}
     for column in table.columns.drop("hadm_id"):
         modality, _, name = str(column).partition(":")
@@ -68,15 +73,23 @@ def read_labels(path: Path, dataset: DatasetDir, split: str) -> FindingLabels:
         names[modality].append(name)
     if not any(names.values()):
         raise LabelsError(path, "has no finding columns")
-    if table["hadm_id"].duplicated().any():
+    hadm = pd.to_numeric(table["hadm_id"], errors="coerce")
+    if hadm.isna().any() or (hadm % 1 != 0).any():
+        raise LabelsError(path, "has an hadm_id that is not a whole number")
+    hadm = hadm.astype("int64")
+    if hadm.duplicated().any():
         raise LabelsError(path, "repeats an hadm_id")
     given = table.drop(columns="hadm_id")
     findings = given.apply(pd.to_numeric, errors="coerce")
     if not (findings.isin([0, 1]) | given.isna()).all().all():
         raise LabelsError(path, "has values other than 0, 1 or empty")
     rows = dataset.hadm_ids(split)
-    order = pd.Series(rows).sort_index()
-    aligned = findings.set_axis(table["hadm_id"].astype("int64")).reindex(order.to_numpy())
+    if sorted(rows) != list(range(len(dataset.split(split)))):
+        raise LabelsError(dataset.manifest_path, f"does not give an hadm_id for every {split} row")
+    order = pd.Series(rows).sort_index().to_numpy()
+    if not np.isin(order, hadm.to_numpy()).any():
+        raise LabelsError(path, f"labels none of the {split} split's admissions")
+    aligned = findings.set_axis(hadm.to_numpy()).reindex(order)
     values = {
         m: aligned[[f"{m}:{n}" for n in names[m]]].to_numpy(dtype=np.float32)
         for m in MODALITIES

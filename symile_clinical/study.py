@@ -190,6 +190,7 @@ def run_cell(
     import torch
 
     from symile_clinical.atomic import write_json_atomic
+    from symile_clinical.checkpoint import file_sha256
     from symile_clinical.config import config_to_dict
     from symile_clinical.train import train
 
@@ -197,11 +198,17 @@ def run_cell(
     run = RunDir(Path(runs_root) / cell.key)
     result_path = run.study_result
     config = cell_config(cell, max_steps, encoder_weights)
+    weights_sha = file_sha256(encoder_weights) if encoder_weights else None
     if result_path.exists():
         result = json.loads(result_path.read_text())
-        if result.get("config") != config_to_dict(config):
+        # The weights are compared by content: a moved file is the same start, a rewritten one not.
+        if _without_weights(result.get("config", {})) != _without_weights(config_to_dict(config)):
             raise StudyError(
                 result_path, "was measured with another recipe; use a new --out for this one"
+            )
+        if result.get("encoder_weights_sha256") != weights_sha:
+            raise StudyError(
+                result_path, "was trained from other encoder weights; use a new --out for this one"
             )
         return result
     data = DatasetDir(dataset)
@@ -213,6 +220,7 @@ def run_cell(
         **dataclasses.asdict(cell),
         **measures.summary(),
         "config": config_to_dict(config),
+        "encoder_weights_sha256": weights_sha,
         "best_val_acc": run_summary(run).get("best_val_acc"),
         "n_test_queries": int(measures.full.shape[0]),
         "hits": {
@@ -223,6 +231,10 @@ def run_cell(
     }
     write_json_atomic(result_path, result)
     return result
+
+
+def _without_weights(config: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in config.items() if key != "encoder_weights"}
 
 
 def mean_ci(values: Sequence[float], confidence: float = 0.95) -> dict[str, float]:

@@ -65,3 +65,11 @@ def test_demo_runs_every_step_then_skips_what_is_current(tmp_path: Path) -> None
         "index-symile",
         "index-clip",
     )
+
+
+def test_the_demo_refuses_to_pretrain_on_its_own_cohort(tmp_path: Path) -> None:
+    from symile_clinical.errors import UsageError
+
+    with pytest.raises(UsageError, match="pretraining cohort's seed"):
+        run_demo(DemoConfig(out=tmp_path / "demo", seed=7, progress=False))
+    assert not (tmp_path / "demo").exists()

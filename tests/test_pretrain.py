@@ -72,6 +72,9 @@ def test_labels_are_aligned_to_the_split_rows_with_unknowns(labelled, tmp_path: 
         ("hadm_id,ecg:x\n1,2\n", "values other than 0, 1 or empty"),
         ("hadm_id,ecg:x\n1,0\n1,1\n", "repeats an hadm_id"),
         ("hadm_id\n1\n", "has no finding columns"),
+        ("hadm_id,ecg:x,ecg:x\n1,0,1\n", "repeats a column name"),
+        ("hadm_id,ecg:x\nabc,0\n", "not a whole number"),
+        ("hadm_id,ecg:x\n1,0\n", "labels none of the train split"),
     ],
 )
 def test_a_bad_labels_file_is_refused_naming_it(labelled, tmp_path, content, reason) -> None:

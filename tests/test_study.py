@@ -44,7 +44,11 @@ def quick_study(tmp_path_factory: pytest.TempPathFactory) -> dict:
         pretrain=True,
         progress=False,
     )
-    return {"config": config, **run_study(config)}
+    study = run_study(config)
+    # What the cells were trained from (a later test's other recipe pretrains anew).
+    encoders = root / "encoders_of_the_study.pt"
+    encoders.write_bytes((config.out / "pretrain" / "encoders.pt").read_bytes())
+    return {"config": config, "encoders": encoders, **study}
 
 
 def test_quick_study_writes_every_cell_and_the_report(quick_study: dict) -> None:
@@ -151,3 +155,33 @@ def test_a_study_folder_refuses_another_recipe(quick_study: dict, tmp_path: Path
     changed = dataclasses.replace(config, recipes={**config.recipes, "symile": str(other)})
     with pytest.raises(StudyError, match="another recipe"):
         run_study(changed)
+
+
+def test_encoder_weights_are_compared_by_content(quick_study: dict, tmp_path: Path) -> None:
+    """A moved copy of the pretrained encoders is the same start (the cells are read back);
+    other weights at any path are refused rather than mixed into the same study."""
+    import shutil
+
+    import torch
+
+    config, pretrained = quick_study["config"], quick_study["encoders"]
+    moved = tmp_path / "moved.pt"
+    shutil.copy(pretrained, moved)
+    same = dataclasses.replace(config, pretrain=False, encoder_weights=moved)
+    assert run_study(same)["summary"] == json.loads(json.dumps(quick_study["summary"]))
+    other = tmp_path / "other.pt"
+    weights = torch.load(pretrained, weights_only=True)
+    torch.save({k: v + 1 if v.is_floating_point() else v for k, v in weights.items()}, other)
+    with pytest.raises(StudyError, match="other encoder weights"):
+        run_study(dataclasses.replace(config, pretrain=False, encoder_weights=other))
+
+
+def test_pretraining_refuses_to_pretrain_on_a_measured_cohort(tmp_path: Path) -> None:
+    from symile_clinical.errors import UsageError
+
+    config = StudyConfig.quick(tmp_path / "out", cohort_seeds=tuple(range(8)), pretrain=True)
+    with pytest.raises(UsageError, match="cohort seed 7 is the pretraining cohort's"):
+        run_study(config)
+    both = StudyConfig.quick(tmp_path / "out", pretrain=True, encoder_weights=tmp_path / "w.pt")
+    with pytest.raises(UsageError, match="drop --encoder-weights"):
+        run_study(both)
