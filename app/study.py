@@ -151,6 +151,22 @@ def ensure_pretrained_encoders(config: StudyConfig) -> Path:
     return weights
 
 
+def _check_weights_fit(config: StudyConfig) -> None:
+    """Every recipe's model takes the encoder weights (a ConfigError naming the file and the
+    encoder otherwise, exit 1), before any cell trains."""
+    from models import WeightsError, build_model
+    from symile_clinical.config import ConfigError, load_config
+    from symile_clinical.train import fit_model_to_data
+
+    train = ensure_cohort(config, config.fractions[0], config.cohort_seeds[0]).split("train")
+    for recipe in config.recipes.values():
+        model = fit_model_to_data(load_config(recipe), train).model
+        try:
+            build_model(model, seed=0, encoder_weights=Path(config.encoder_weights))
+        except WeightsError as error:
+            raise ConfigError(error.path, f"{error.reason} (recipe {recipe})") from error
+
+
 def run_study(config: StudyConfig, command: str = "symile-clinical study") -> dict[str, Any]:
     """Cohorts, every cell, the report; returns {"summary", "files", "results"}."""
     from symile_clinical.study import StudyCell, run_cells, summarise_study, write_study_report
@@ -165,6 +181,8 @@ def run_study(config: StudyConfig, command: str = "symile-clinical study") -> di
                 "have seen that cohort's labels (use at most 7 cohort seeds with --pretrain)",
             )
         config = dataclasses.replace(config, encoder_weights=ensure_pretrained_encoders(config))
+    if config.encoder_weights is not None:
+        _check_weights_fit(config)
 
     cells = []
     for fraction in config.fractions:

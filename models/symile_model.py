@@ -14,7 +14,7 @@ from models.cxr_encoder import CXREncoder
 from models.ecg_encoder import ECGEncoder
 from models.labs_encoder import LabsEncoder
 from models.three_modalities import ThreeModalityModel
-from models.weights import load_encoder_weights
+from models.weights import WeightsError, load_encoder_weights
 
 LOGIT_SCALE_INIT = math.log(1 / 0.07)  # 2.65926, CLIP's initial temperature
 PROJECTIONS = ("layernorm", "l2", "none")
@@ -167,10 +167,14 @@ def build_model(
             model = _build(config)
     if cxr_weights is not None:
         if config.arch != "symile_clinical":
-            raise ValueError(f"cxr_weights are for the symile_clinical arch, not {config.arch}")
+            raise WeightsError(
+                Path(cxr_weights), f"is for the symile_clinical arch, not {config.arch}"
+            )
         model.cxr_encoder.load_backbone(Path(cxr_weights))
     if encoder_weights is not None:
         if config.arch != "symile_clinical":
-            raise ValueError(f"encoder_weights are for the symile_clinical arch, not {config.arch}")
+            raise WeightsError(
+                Path(encoder_weights), f"is for the symile_clinical arch, not {config.arch}"
+            )
         load_encoder_weights(model, Path(encoder_weights))
     return model

@@ -151,7 +151,7 @@ def test_study_command_refuses_a_bad_fraction(capsys: pytest.CaptureFixture[str]
 def test_a_study_folder_refuses_another_recipe(quick_study: dict, tmp_path: Path) -> None:
     config = quick_study["config"]
     other = tmp_path / "other.toml"
-    other.write_text(TINY_RECIPE.replace("embed_dim = 16", "embed_dim = 8"))
+    other.write_text(TINY_RECIPE.replace("warmup_steps = 1", "warmup_steps = 2"))
     changed = dataclasses.replace(config, recipes={**config.recipes, "symile": str(other)})
     with pytest.raises(StudyError, match="another recipe"):
         run_study(changed)
@@ -185,3 +185,24 @@ def test_pretraining_refuses_to_pretrain_on_a_measured_cohort(tmp_path: Path) ->
     both = StudyConfig.quick(tmp_path / "out", pretrain=True, encoder_weights=tmp_path / "w.pt")
     with pytest.raises(UsageError, match="drop --encoder-weights"):
         run_study(both)
+
+
+def test_weights_that_do_not_fit_a_recipe_are_refused_before_training(
+    quick_study: dict, tmp_path: Path
+) -> None:
+    from symile_clinical.config import ConfigError
+
+    config = quick_study["config"]
+    other = tmp_path / "other.toml"
+    other.write_text(TINY_RECIPE.replace("embed_dim = 16", "embed_dim = 8"))
+    wrong = dataclasses.replace(
+        config,
+        out=tmp_path / "out",
+        pretrain=False,
+        encoder_weights=quick_study["encoders"],
+        recipes={**config.recipes, "clip": str(other)},
+    )
+    with pytest.raises(ConfigError, match="does not match the model") as caught:
+        run_study(wrong)
+    assert str(quick_study["encoders"]) in str(caught.value)
+    assert not (tmp_path / "out" / "runs").exists()  # nothing trained
