@@ -155,8 +155,7 @@ def _check_weights_fit(config: StudyConfig) -> None:
     """Every recipe's model takes the encoder weights (a ConfigError naming the file and the
     encoder otherwise, exit 1), before any cell trains."""
     from models import WeightsError, build_model
-    from symile_clinical.config import ConfigError, load_config
-    from symile_clinical.train import fit_model_to_data
+    from symile_clinical.config import ConfigError, fit_model_to_data, load_config
 
     train = ensure_cohort(config, config.fractions[0], config.cohort_seeds[0]).split("train")
     for recipe in config.recipes.values():

@@ -21,10 +21,13 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from models import ModelConfig
 from symile_clinical.errors import SymileClinicalError
+
+if TYPE_CHECKING:
+    from symile_clinical.dataset_dir import SplitArrays
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -316,3 +319,14 @@ def load_config(name_or_path: str | Path) -> TrainConfig:
         raise ConfigError(text, f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
     base = PRESETS[preset]() if preset in PRESETS else TrainConfig()
     return config_from_dict(values, source=text, base=base)
+
+
+def fit_model_to_data(config: TrainConfig, train: SplitArrays) -> TrainConfig:
+    """The model's input shapes (labs, leads, samples) come from the dataset, not the preset."""
+    model = dataclasses.replace(
+        config.model,
+        n_labs=train.n_labs,
+        ecg_leads=int(train.ecg.shape[1]),
+        ecg_samples=int(train.ecg.shape[2]),
+    )
+    return dataclasses.replace(config, model=model)

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from models.symile_model import build_model
 from models.weights import ENCODERS
 from symile_clinical.atomic import atomic_path
-from symile_clinical.config import TrainConfig
+from symile_clinical.config import TrainConfig, fit_model_to_data
 from symile_clinical.dataset_dir import DatasetDir, SplitArrays, cxr_to_unit
 from symile_clinical.errors import SymileClinicalError
 
@@ -140,8 +140,6 @@ def pretrain_encoders(
     """Train the encoders of `config.model` (fitted to the dataset) on the labels' findings
     (train split; AdamW as `config`, batch `config.batch_size`), write their weights to `out`
     and return the val accuracy of each modality's findings (mean over findings, known only)."""
-    from symile_clinical.train import fit_model_to_data
-
     config = fit_model_to_data(config, dataset.split("train"))
     train_labels = read_labels(labels_path, dataset, "train")
     val_labels = read_labels(labels_path, dataset, "val")

@@ -52,9 +52,9 @@ from symile_clinical.checkpoint import (
     previous_path,
     save_checkpoint,
 )
-from symile_clinical.config import ConfigError, TrainConfig, config_to_dict
+from symile_clinical.config import ConfigError, TrainConfig, config_to_dict, fit_model_to_data
 from symile_clinical.data import MemmapDataset
-from symile_clinical.dataset_dir import CandidateSets, DatasetDir, SplitArrays
+from symile_clinical.dataset_dir import CandidateSets, DatasetDir
 from symile_clinical.distributed import World, joined_world
 from symile_clinical.embedding import SplitEmbeddings, autocast, embed_split, to_device
 from symile_clinical.errors import SymileClinicalError
@@ -192,17 +192,6 @@ def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | N
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def fit_model_to_data(config: TrainConfig, train: SplitArrays) -> TrainConfig:
-    """The model's input shapes (labs, leads, samples) come from the dataset, not the preset."""
-    model = dataclasses.replace(
-        config.model,
-        n_labs=train.n_labs,
-        ecg_leads=int(train.ecg.shape[1]),
-        ecg_samples=int(train.ecg.shape[2]),
-    )
-    return dataclasses.replace(config, model=model)
 
 
 def compute_loss(

@@ -11,11 +11,10 @@ import torch
 
 from models import build_model
 from symile_clinical.cli import main
-from symile_clinical.config import load_config
+from symile_clinical.config import fit_model_to_data, load_config
 from symile_clinical.dataset_dir import DatasetDir
 from symile_clinical.errors import EXIT_BAD_INPUT
 from symile_clinical.pretrain import LabelsError, pretrain_encoders, read_labels
-from symile_clinical.train import fit_model_to_data
 from tests._dataset_factory import write_dataset, write_tiny_config
 
 
