@@ -257,9 +257,9 @@ def real_vectors(run: Path, rng: np.random.Generator, n: int) -> dict[str, np.nd
     vectors of the val (tune) and test (report) splits."""
     import torch
 
-    from symile_clinical.embedding import embed_cxr_pool
-    from symile_clinical.index import split_query_vectors
-    from symile_clinical.runs import RunDir
+    from symile_clinical.evaluation.embedding import embed_cxr_pool
+    from symile_clinical.formats.run_dir import RunDir
+    from symile_clinical.search.index import split_query_vectors
 
     torch.set_num_threads(2)
     loaded = RunDir(run).load()
@@ -303,7 +303,7 @@ def per_query_ms(fn, queries: np.ndarray) -> float:
 def index_rows(name: str, data: dict[str, np.ndarray], kinds: tuple[str, ...]) -> list[dict]:
     """Exact against each approximate kind on one pool: build, tuned setting, recall on
     held-out queries, median ms per query and the speed-up over exact."""
-    from symile_clinical.index import FaissSearcher, exact_search, recall_against_exact
+    from symile_clinical.search.index import FaissSearcher, exact_search, recall_against_exact
 
     base, tune, test = data["candidates"], data["tune"], data["test"]
     exact_ms = per_query_ms(lambda q: exact_search(base, q, K), test)

@@ -61,7 +61,7 @@ def child(impl: str, negatives: str, batch: int, scale: float, threads: int) -> 
             torch.manual_seed(0)  # the reference shuffles with the global generator
             reference(embs, logit_scale).backward()
     else:
-        from symile_clinical.losses import symile_loss
+        from symile_clinical.objective.losses import symile_loss
 
         def step() -> None:
             generator = torch.Generator().manual_seed(0)
@@ -163,7 +163,7 @@ def main(threads: int, command: str) -> int:
         [
             f"Forward + backward of the Symile loss, M = {MODALITIES}, d = {DIM}, float32, "
             f"{threads} thread(s), L2-normalised random embeddings; `reference` is "
-            "`symile.Symile` 0.1.0, `ours` is `symile_clinical.losses.symile_loss`. Time is the "
+            "`symile.Symile` 0.1.0, `ours` is `objective.losses.symile_loss`. Time is the "
             f"minimum wall-clock time over 2 to 5 runs (as many as fit in {TIME_BUDGET_S:.0f} s; "
             f"a single run when it takes over {SECOND_RUN_BELOW_S:.0f} s); the CPU-time speed-up "
             "compares the processes' CPU time "

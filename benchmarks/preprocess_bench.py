@@ -196,7 +196,7 @@ def cxr_rates(files: list[str], size: int, repeat: int = 1) -> dict[str, float]:
 def scan_with_pyarrow(path: str, subjects: list[int]) -> dict[str, int]:
     """The pipeline's labevents pass (pyarrow, filtered per block)."""
     from preprocessing.lab_catalog import PAPER_LAB_ITEMIDS
-    from preprocessing.tables import scan_labevents
+    from preprocessing.mimic_tables import scan_labevents
 
     scan = scan_labevents(Path(path), PAPER_LAB_ITEMIDS, subjects)
     return {"rows": scan.rows_read, "kept": len(scan.numeric)}
@@ -237,10 +237,10 @@ def write_record_list(path: Path, rows: int) -> None:
 def read_record_list(path: str, reader: str) -> tuple[int, float]:
     """(rows, seconds) of one read of record_list.csv, its modules imported before timing.
 
-    ``ours``: preprocessing.tables.read_ecg_record_list (typed, checked, problems collected);
+    ``ours``: preprocessing.mimic_tables.read_ecg_record_list (typed, checked, problems collected);
     ``pandas``: the baseline, pandas.read_csv of the same columns with the time parsed.
     """
-    from preprocessing.tables import read_ecg_record_list
+    from preprocessing.mimic_tables import read_ecg_record_list
 
     start = time.perf_counter()
     if reader == "ours":
@@ -279,7 +279,8 @@ def record_list_line(path: Path, rows: int, repeat: int = 3) -> str:
 
 def cohort_join_rates(root: str, sample: int) -> dict[str, float]:
     """Admissions/s of the vectorised cohort join and of a row-by-row one (baseline)."""
-    from preprocessing import cohort, tables
+    from preprocessing import cohort
+    from preprocessing import mimic_tables as tables
     from preprocessing.lab_catalog import PAPER_LAB_ITEMIDS
 
     paths = tables.RootPaths.from_root(Path(root))

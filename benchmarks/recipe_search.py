@@ -76,13 +76,13 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "frozen": ("search-base", {}, {"freeze_logit_scale": True}),
     "nsq": ("search-base", {"negatives": "n_squared"}, {}),
     "cond": ("search-base", {"negatives": "conditional"}, {}),
-    # ECG roll up to 1 s, per-lead gain +-10%, CXR shift up to 4 px (symile_clinical/augment.py).
+    # ECG roll up to 1 s, per-lead gain +-10%, CXR shift up to 4 px (training/augment.py).
     "aug": (
         "search-base",
         {"augment_ecg_shift": 500, "augment_ecg_gain": 0.1, "augment_cxr_shift": 4},
         {},
     ),
-    # Fresh noise on every draw (symile_clinical/augment.py): ECG white noise (peak 1), CXR
+    # Fresh noise on every draw (symile_clinical/training/augment.py): ECG white noise (peak 1), CXR
     # pixel noise and log gain, lab percentile noise; "noise2" doubles them.
     "noise": (
         "search-base",
@@ -127,7 +127,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
 
 def variant_config(name: str, seed: int) -> Any:
     """The TrainConfig of a variant (see VARIANTS; "a+b" joins variants' overrides)."""
-    from symile_clinical.config import load_config
+    from symile_clinical.training.config import load_config
 
     preset, train, model = "search-base", {}, {}
     for part in name.split("+"):
@@ -146,7 +146,7 @@ def truth_for(cohort: Path, split: str) -> Any:
     """The synthetic truth rows of a split, in the split's row order (pandas DataFrame)."""
     import pandas as pd
 
-    from symile_clinical.dataset_dir import DatasetDir
+    from symile_clinical.formats.dataset_dir import DatasetDir
 
     truth = pd.read_csv(cohort / "mimic" / "synth_truth.csv.gz")
     manifest = DatasetDir(cohort / "dataset").manifest(split).sort_values("row")
@@ -176,7 +176,7 @@ def ridge_predict(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray) -
 
 def probes(train_embs: Any, val_embs: Any, objective: str, truth_tr: Any, truth_va: Any):
     """Linear-probe accuracies on val (see the module docstring)."""
-    from symile_clinical.similarity import query_vector
+    from symile_clinical.objective.similarity import query_vector
 
     def q(embs: Any) -> np.ndarray:
         return np.asarray(query_vector(objective, [embs.ecg, embs.labs]))
@@ -219,16 +219,16 @@ def diagnose_one(cohort: str, variant: str, seed: int, out: str) -> dict[str, An
     import torch
 
     torch.set_num_threads(1)
-    from symile_clinical.dataset_dir import DatasetDir
-    from symile_clinical.runs import RunDir
-    from symile_clinical.study import (
+    from symile_clinical.experiments.study_cells import (
         embedding_spread,
         logit_scale_trajectory,
         measure_embeddings,
         run_summary,
         split_embeddings,
     )
-    from symile_clinical.train import train
+    from symile_clinical.formats.dataset_dir import DatasetDir
+    from symile_clinical.formats.run_dir import RunDir
+    from symile_clinical.training.trainer import train
 
     cohort_path = Path(cohort)
     dataset = DatasetDir(cohort_path / "dataset")
@@ -300,7 +300,7 @@ SEARCH_VARIANTS = (
     "clip+fast+e16",
     "clip+fast+aug+e16",
 )
-# preset of symile_clinical.config -> the variant it equals (tests/test_train.py holds this).
+# preset of training.config -> the variant it equals (tests/test_train.py holds this).
 CHOSEN = {"demo": "symile+fast+ln1+cond+aug+e16", "demo-clip": "clip+fast+aug+e16"}
 
 

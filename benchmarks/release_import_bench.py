@@ -45,9 +45,9 @@ mode, release, out = sys.argv[1:4]
 import torch
 torch.set_num_threads(1)
 from pathlib import Path
-from preprocessing.release import SymileMimicRelease, import_release_dataset
-from symile_clinical.dataset_dir import DatasetDir
-from app.release import import_release_run
+from preprocessing.symile_mimic_release import SymileMimicRelease, import_release_dataset
+from symile_clinical.formats.dataset_dir import DatasetDir
+from app.workflows.release_import import import_release_run
 t0 = time.perf_counter()
 dataset = DatasetDir(Path(out) / "dataset")
 release = SymileMimicRelease(release)

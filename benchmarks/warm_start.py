@@ -8,7 +8,7 @@
     # the study with both objectives started from it (test split, once per run)
     symile-clinical study --encoder-weights W.pt ...
 
-`pretrain --method supervised` is `symile-clinical pretrain` (symile_clinical/pretrain.py)
+`pretrain --method supervised` is `symile-clinical pretrain` (symile_clinical/training/pretrain.py)
 on cohort E with its marker findings as labels (preprocessing/synth/labels.py, written
 beside the weights as W.csv): each encoder of preset `demo`'s model learns its own
 modality's findings on E's train split. `--method ssl` uses no labels: two augmented views
@@ -42,13 +42,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.recipe_search import N_MARKERS, probes, ridge_probe, truth_for
 from models.symile_model import build_model
 from preprocessing.synth.labels import write_finding_labels
-from symile_clinical.augment import Augmentation, augment, drop_labs
-from symile_clinical.config import load_config
-from symile_clinical.dataset_dir import DatasetDir
-from symile_clinical.pretrain import batch_inputs, encode, pretrain_encoders
-from symile_clinical.runs import RunDir
-from symile_clinical.study import measure_embeddings, run_summary, split_embeddings
-from symile_clinical.train import fit_model_to_data, train
+from symile_clinical.experiments.study_cells import (
+    measure_embeddings,
+    run_summary,
+    split_embeddings,
+)
+from symile_clinical.formats.dataset_dir import DatasetDir
+from symile_clinical.formats.run_dir import RunDir
+from symile_clinical.training.augment import Augmentation, augment, drop_labs
+from symile_clinical.training.config import load_config
+from symile_clinical.training.pretrain import batch_inputs, encode, pretrain_encoders
+from symile_clinical.training.trainer import fit_model_to_data, train
 
 log = logging.getLogger("warm_start")
 ENCODERS = {

@@ -31,7 +31,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from symile_clinical.losses import clip_loss, symile_loss
+from symile_clinical.objective.losses import clip_loss, symile_loss
 
 BITS, CANDIDATES, D = 4, 10, 128
 

@@ -19,8 +19,8 @@ import pandas as pd
 from preprocessing import layout
 from preprocessing.decode import ShardTask, shard_array
 from preprocessing.quarantine import write_quarantine
-from symile_clinical.atomic import atomic_path, remove_stale_temporaries, write_text_atomic
-from symile_clinical.dataset_dir import SPLITS, DatasetDir
+from symile_clinical.formats.atomic import atomic_path, remove_stale_temporaries, write_text_atomic
+from symile_clinical.formats.dataset_dir import SPLITS, DatasetDir
 
 ARRAY_CHUNK_ROWS = 256  # rows copied at a time when assembling a split's arrays
 

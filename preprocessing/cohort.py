@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from preprocessing.tables import LabScan
+from preprocessing.mimic_tables import LabScan
 
 REASON_NO_ECG = "no_ecg_in_window"
 REASON_NO_CXR = "no_cxr_in_window"

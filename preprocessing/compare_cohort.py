@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 
 from preprocessing.labs import percentiles_from_cdf
-from preprocessing.release import SPLIT_SOURCES, SymileMimicRelease, ids_from_paths
-from symile_clinical.atomic import write_json_atomic, write_text_atomic
-from symile_clinical.dataset_dir import DatasetDir
+from preprocessing.symile_mimic_release import SPLIT_SOURCES, SymileMimicRelease, ids_from_paths
+from symile_clinical.formats.atomic import write_json_atomic, write_text_atomic
+from symile_clinical.formats.dataset_dir import DatasetDir
 
 VALUE_TOLERANCE = 1e-4  # percentile units: a lab value "equal" in both cohorts
 COMPARISON_JSON = "cohort_comparison.json"

@@ -29,8 +29,8 @@ from preprocessing import layout
 from preprocessing.cxr import load_cxr_image
 from preprocessing.ecg import load_ecg_record, normalise_ecg, record_base
 from preprocessing.errors import InvalidRecord
-from preprocessing.tables import RootPaths
-from symile_clinical.atomic import atomic_directory, write_json_atomic
+from preprocessing.mimic_tables import RootPaths
+from symile_clinical.formats.atomic import atomic_directory, write_json_atomic
 
 log = logging.getLogger(__name__)
 

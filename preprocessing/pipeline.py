@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from preprocessing import layout, splits, tables
+from preprocessing import layout, splits
+from preprocessing import mimic_tables as tables
 from preprocessing.assemble import (
     commit_dataset,
     manifest_frame,
@@ -49,15 +50,15 @@ from preprocessing.labs import (
     observed_mask,
     percentiles_from_cdf,
 )
+from preprocessing.preprocess_report import PreprocessReport, count_outcomes, reconcile
 from preprocessing.quarantine import (
     exclusion_rows,
     malformed_lab_rows,
     quarantine_frame,
     table_rows,
 )
-from preprocessing.report import PreprocessReport, count_outcomes, reconcile
 from preprocessing.splits import SplitSizes
-from symile_clinical.dataset_dir import SPLITS, DatasetDir
+from symile_clinical.formats.dataset_dir import SPLITS, DatasetDir
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ WORK_DIR = ".work"  # the decode stage's shards, removed once the dataset is com
 
 @dataclass(frozen=True)
 class PreprocessConfig:
-    """Everything `preprocess` needs; built by the CLI (preprocessing/command.py)."""
+    """Everything `preprocess` needs; built by the CLI (preprocessing/commands/preprocess.py)."""
 
     mimic_root: Path
     out: Path

@@ -13,8 +13,8 @@ from typing import Any
 
 import pandas as pd
 
+from preprocessing.mimic_tables import LabScan
 from preprocessing.quarantine import reason_kind
-from preprocessing.tables import LabScan
 
 
 @dataclass

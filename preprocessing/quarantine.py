@@ -20,8 +20,8 @@ import pandas as pd
 
 from preprocessing import cohort
 from preprocessing.cohort import CohortWindows
-from preprocessing.tables import RowProblem
-from symile_clinical.atomic import write_text_atomic
+from preprocessing.mimic_tables import RowProblem
+from symile_clinical.formats.atomic import write_text_atomic
 
 QUARANTINE_COLUMNS = ("id", "file", "stage", "reason")
 STAGES = ("tables", "cohort", "ecg", "cxr", "labs")

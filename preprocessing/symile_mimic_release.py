@@ -54,13 +54,13 @@ from preprocessing.errors import PreprocessError
 from preprocessing.lab_catalog import lab_by_itemid
 from preprocessing.labs import percentiles_from_cdf
 from preprocessing.quarantine import QUARANTINE_COLUMNS, write_quarantine
-from symile_clinical.atomic import (
+from symile_clinical.formats.atomic import (
     atomic_path,
     remove_stale_temporaries,
     write_json_atomic,
     write_text_atomic,
 )
-from symile_clinical.dataset_dir import DatasetDir
+from symile_clinical.formats.dataset_dir import DatasetDir
 
 log = logging.getLogger(__name__)
 

@@ -11,10 +11,10 @@ from _dataset_factory import write_dataset
 
 from models import ModelConfig, build_model
 from preprocessing.layout import MIMIC_ECG_LEADS
-from symile_clinical.checkpoint import save_checkpoint
-from symile_clinical.config import TrainConfig
-from symile_clinical.dataset_dir import DatasetDir
-from symile_clinical.runs import RunDir
+from symile_clinical.formats.checkpoint import save_checkpoint
+from symile_clinical.formats.dataset_dir import DatasetDir
+from symile_clinical.formats.run_dir import RunDir
+from symile_clinical.training.config import TrainConfig
 
 N_LABS = 6
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from symile_clinical.dataset_dir import DatasetDir
+from symile_clinical.formats.dataset_dir import DatasetDir
 
 if sys.version_info >= (3, 11):
     import tomllib

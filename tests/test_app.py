@@ -17,11 +17,11 @@ import pytest
 from _app_run import N_LABS, labs_csv, make_runs, write_wfdb
 from streamlit.testing.v1 import AppTest
 
-from app.run_context import RUN_ENV, run_dir_from_args
-from app.uploads import MAX_UPLOAD_BYTES, UploadError, read_ecg_upload, read_labs_csv
-from symile_clinical.runs import RunDir
+from app.web.run_context import RUN_ENV, run_dir_from_args
+from app.web.uploads import MAX_UPLOAD_BYTES, UploadError, read_ecg_upload, read_labs_csv
+from symile_clinical.formats.run_dir import RunDir
 
-ENTRY = Path(__file__).resolve().parents[1] / "app" / "main.py"
+ENTRY = Path(__file__).resolve().parents[1] / "app" / "web" / "main.py"
 TIMEOUT = 60  # the first run of a session loads torch, the model and the index
 
 
@@ -382,8 +382,8 @@ def test_labs_csv_refuses_a_label_that_names_two_labs() -> None:
 def test_rank_candidates_matches_a_full_sort() -> None:
     import pandas as pd
 
-    from app.queries import rank_candidates
-    from symile_clinical.index import CandidateIndex
+    from app.web.queries import rank_candidates
+    from symile_clinical.search.index import CandidateIndex
 
     rng = np.random.default_rng(4)
     embeddings = rng.standard_normal((60, 8)).astype(np.float32)
@@ -410,7 +410,7 @@ def test_admission_ecg_reads_the_ecg_release_preprocess_read(tmp_path: Path) -> 
 
     import pandas as pd
 
-    from app.admissions import admission_ecg
+    from app.web.admissions import admission_ecg
     from preprocessing.pipeline import PreprocessConfig, _dataset_json
 
     ecg_dir = tmp_path / "physionet" / "mimic-iv-ecg" / "1.0"
@@ -437,7 +437,7 @@ def _restore_main_module(monkeypatch: pytest.MonkeyPatch) -> None:
 def _choose_k_script() -> None:
     import streamlit as st
 
-    from app.views import choose_k
+    from app.web.views import choose_k
 
     for size in (1, 3, 200):
         st.session_state[f"k_{size}"] = choose_k(st, size, key=f"slider_{size}")

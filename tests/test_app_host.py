@@ -23,7 +23,7 @@ from _app_run import (
     wait_healthy,
 )
 
-from app.host_guard import allowed_hosts, host_name, is_allowed
+from app.web.host_guard import allowed_hosts, host_name, is_allowed
 
 ROOT = Path(__file__).resolve().parents[1]
 FOREIGN = "evil.example"
@@ -89,10 +89,10 @@ def app_command(run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 @pytest.fixture(scope="module")
 def streamlit_run(run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
-    """The README's other way: `streamlit run app/streamlit_app.py -- --run RUN`, with no
+    """The README's other way: `streamlit run app/web/streamlit_app.py -- --run RUN`, with no
     option but the port, from another folder (no project .streamlit/ there)."""
     port = free_port()
-    entry = ROOT / "app" / "streamlit_app.py"
+    entry = ROOT / "app" / "web" / "streamlit_app.py"
     command = [sys.executable, "-m", "streamlit", "run", str(entry), "--server.port", str(port)]
     command += ["--", "--run", str(run)]
     cwd = tmp_path_factory.mktemp("elsewhere")
@@ -171,9 +171,9 @@ def test_allowed_names_and_header_parsing() -> None:
 def test_the_app_command_repeats_every_setting_of_config_toml() -> None:
     import tomllib
 
-    from app.commands import streamlit_command
+    from app.commands.serve import streamlit_command
 
-    settings = tomllib.loads((ROOT / "app" / ".streamlit" / "config.toml").read_text())
+    settings = tomllib.loads((ROOT / "app" / "web" / ".streamlit" / "config.toml").read_text())
     command = streamlit_command(Path("run"), "127.0.0.1", 8501)
     flags = dict(a[2:].split("=", 1) for a in command if a.startswith("--") and "=" in a)
     for section, options in settings.items():

@@ -13,12 +13,12 @@ import pytest
 from _app_run import make_runs
 from PIL import Image
 
-from app.admissions import AdmissionCache
-from app.figures import HEIGHT, WIDTH, ecg_png, thumbnail_png
-from app.queries import Query, lab_effects, masked_lab_queries
-from app.run_context import run_stamp, served_run
-from symile_clinical.embedding import embed_query
-from symile_clinical.similarity import query_vector
+from app.web.admissions import AdmissionCache
+from app.web.figures import HEIGHT, WIDTH, ecg_png, thumbnail_png
+from app.web.queries import Query, lab_effects, masked_lab_queries
+from app.web.run_context import run_stamp, served_run
+from symile_clinical.evaluation.embedding import embed_query
+from symile_clinical.objective.similarity import query_vector
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +140,7 @@ def test_result_thumbnails_are_data_uris_of_the_stored_pixels(runs) -> None:
 
 
 def test_the_ecg_envelope_keeps_every_column_extreme_in_trace_order() -> None:
-    from app.figures import envelope
+    from app.web.figures import envelope
 
     rng = np.random.default_rng(3)
     signal = rng.normal(size=(12, 5000)).astype(np.float32)
@@ -165,7 +165,7 @@ def test_the_ecg_envelope_keeps_every_column_extreme_in_trace_order() -> None:
 def test_labs_tables_are_markdown_with_missing_values_empty() -> None:
     import pandas as pd
 
-    from app.tables import labs_markdown
+    from app.web.markdown import labs_markdown
 
     table = pd.DataFrame(
         {"lab": ["Na|K", "Hb"], "percentile": [0.25, None], "status": ["observed", "missing"]}

@@ -1,8 +1,10 @@
-"""Dependencies point one way (DESIGN.md): app -> symile_clinical, models, preprocessing.
+"""The tree and its rules (docs/architecture.md): dependencies point one way.
 
-preprocessing may use exactly four torch-free homes of symile_clinical (the error base, the
-atomic writes, the dataset directory it writes and its folder base); evaluation, the index
-and the app never import the trainer.
+Packages: app -> symile_clinical, models, preprocessing; symile_clinical knows no MIMIC format;
+preprocessing uses only symile_clinical's torch-free formats and errors; models only torch.
+Sub-packages of symile_clinical: formats and objective import no other sub-package; evaluation,
+search and the web app never import training; only app/workflows imports both preprocessing
+and training. No package has an import cycle inside it, lazy (function-level) imports included.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-FIRST_PARTY = {"app", "symile_clinical", "preprocessing", "models"}
+PACKAGES = ("app", "symile_clinical", "preprocessing", "models")
+FIRST_PARTY = set(PACKAGES)
 
 # What each package may import from the project.
 ALLOWED = {
@@ -25,28 +28,51 @@ ALLOWED = {
 # The symile_clinical modules preprocessing may import: none of them imports torch.
 PREPROCESSING_MAY_USE = {
     "symile_clinical.errors",
-    "symile_clinical.atomic",
-    "symile_clinical.dataset_dir",
-    "symile_clinical.format_dir",
+    "symile_clinical.formats",
+    "symile_clinical.formats.atomic",
+    "symile_clinical.formats.dataset_dir",
+    "symile_clinical.formats.folder",
 }
-# Modules that must not import symile_clinical.train (its training loop and optimiser):
-# evaluation, the index and the served app. app/demo.py orchestrates the demo's training
-# runs and is the one module of app/ that drives the trainer.
-NOT_THE_TRAINER = ["symile_clinical/evaluate.py", "symile_clinical/index.py", "app"]
-TRAINER_DRIVERS = {"app/demo.py"}
+# symile_clinical's sub-packages and the other sub-packages each may import.
+LIBRARY_RULES = {
+    "formats": set(),
+    "objective": set(),
+    "training": {"formats", "objective", "evaluation"},
+    "evaluation": {"formats", "objective"},
+    "search": {"formats", "objective", "evaluation"},
+    "experiments": {"formats", "objective", "training", "evaluation"},
+    "commands": {"formats", "objective", "training", "evaluation", "search", "experiments"},
+}
+# Top-level modules of symile_clinical that every sub-package may use.
+LIBRARY_SHARED = {"errors", "cli"}
+# Where the trainer may not be imported: what serves or measures a trained model.
+NOT_THE_TRAINER = ["symile_clinical/evaluation", "symile_clinical/search", "app/web"]
 # models/ holds the encoders only: torch and torchvision, nothing else third-party.
 MODELS_THIRD_PARTY = {"torch", "torchvision", "__future__", "math", "dataclasses", "typing"}
 MODELS_THIRD_PARTY |= {"collections", "pathlib", "logging", "functools", "enum", "pickle"}
 
 
+def module_name(path: Path) -> str:
+    """Dotted module name of a file under REPO (a package's __init__ is the package)."""
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
 def imported_modules(path: Path) -> set[str]:
-    """Full dotted names of the modules a file imports (anywhere, lazily or not)."""
+    """Full dotted names a file imports, anywhere (lazily or not); `from pkg import mod` counts
+    as importing pkg.mod when pkg/mod is a module of the project."""
     modules: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
             modules |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             modules.add(node.module)
+            for alias in node.names:
+                sub = REPO / node.module.replace(".", "/") / alias.name
+                if sub.with_suffix(".py").is_file() or (sub / "__init__.py").is_file():
+                    modules.add(f"{node.module}.{alias.name}")
     return modules
 
 
@@ -73,6 +99,8 @@ def test_preprocessing_uses_only_the_torch_free_homes() -> None:
         assert used <= PREPROCESSING_MAY_USE, f"{path.relative_to(REPO)} imports {sorted(used)}"
     for module in PREPROCESSING_MAY_USE:
         path = REPO / (module.replace(".", "/") + ".py")
+        if not path.is_file():
+            path = REPO / module.replace(".", "/") / "__init__.py"
         top_level = set()
         for node in ast.parse(path.read_text()).body:
             if isinstance(node, ast.Import):
@@ -80,20 +108,96 @@ def test_preprocessing_uses_only_the_torch_free_homes() -> None:
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 top_level |= {node.module, node.module.split(".")[0]}
         assert "torch" not in top_level, f"{module} imports torch at module level"
-        assert not {m for m in top_level if m.startswith("symile_clinical.")} - {
-            *PREPROCESSING_MAY_USE
-        }, f"{module} imports a symile_clinical module outside the torch-free homes"
+        outside = {m for m in top_level if m.startswith("symile_clinical.")}
+        assert outside <= PREPROCESSING_MAY_USE, f"{module} imports {sorted(outside)}"
+
+
+@pytest.mark.parametrize("sub", sorted(LIBRARY_RULES))
+def test_library_sub_packages_import_by_role(sub: str) -> None:
+    allowed = LIBRARY_RULES[sub] | {sub} | LIBRARY_SHARED
+    for path in _files(f"symile_clinical/{sub}"):
+        used = {
+            m.split(".")[1]
+            for m in imported_modules(path)
+            if m.startswith("symile_clinical.") and m.count(".") >= 1
+        }
+        assert used <= allowed, f"{path.relative_to(REPO)} imports {sorted(used - allowed)}"
 
 
 @pytest.mark.parametrize("where", NOT_THE_TRAINER)
-def test_evaluation_index_and_app_never_import_the_trainer(where: str) -> None:
+def test_serving_and_measuring_never_import_training(where: str) -> None:
     for path in _files(where):
-        if str(path.relative_to(REPO)) in TRAINER_DRIVERS:
-            continue
-        assert "symile_clinical.train" not in imported_modules(path), path.relative_to(REPO)
+        wrong = {m for m in imported_modules(path) if m.startswith("symile_clinical.training")}
+        assert not wrong, f"{path.relative_to(REPO)} imports {sorted(wrong)}"
+
+
+def test_only_workflows_tie_preprocessing_to_training() -> None:
+    for path in _files("app"):
+        used = imported_modules(path)
+        both = any(m.startswith("preprocessing") for m in used) and any(
+            m.startswith("symile_clinical.training") for m in used
+        )
+        if both:
+            assert path.relative_to(REPO).parts[:2] == ("app", "workflows"), path
 
 
 def test_models_import_only_torch() -> None:
     for path in _files("models"):
         extra = imported_roots(path) - MODELS_THIRD_PARTY - {"models"}
         assert extra == set(), f"{path.relative_to(REPO)} imports {sorted(extra)}"
+
+
+def _import_graph(package: str) -> dict[str, set[str]]:
+    """Module -> the modules of the same package it imports (a package import names its
+    __init__, which is a module of its own)."""
+    files = {module_name(path): path for path in _files(package)}
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        targets = set()
+        for imported in imported_modules(path):
+            # `import a.b.c` needs a, a.b and a.b.c; the deepest that is a module counts.
+            while imported and imported not in files:
+                imported = imported.rpartition(".")[0]
+            if imported and imported != name:
+                targets.add(imported)
+        graph[name] = targets
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of a graph as a path [a, b, ..., a], or None (depth-first search)."""
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt) :], nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_find_cycle_finds_one() -> None:
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_no_import_cycle_inside_a_package(package: str) -> None:
+    graph = _import_graph(package)
+    # A package's __init__ re-exporting its modules is not a cycle of the modules themselves.
+    for name in graph:
+        if (REPO / name.replace(".", "/") / "__init__.py").is_file():
+            graph[name] = set()
+    cycle = find_cycle(graph)
+    assert cycle is None, " -> ".join(cycle or [])

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from symile_clinical.augment import Augmentation, augment, shift_cxr, shift_ecg
-from symile_clinical.config import ConfigError, TrainConfig, load_config
+from symile_clinical.training.augment import Augmentation, augment, shift_cxr, shift_ecg
+from symile_clinical.training.config import ConfigError, TrainConfig, load_config
 
 
 def _batch(rows: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

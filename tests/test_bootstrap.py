@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from symile_clinical.bootstrap import (
+from symile_clinical.evaluation.bootstrap import (
     bootstrap_mean,
     bootstrap_means,
     paired_bootstrap_difference,

@@ -33,7 +33,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     log = (root / "streamlit.log").open("wb")
     process = subprocess.Popen(
-        # `symile-clinical app` execs `streamlit run app/streamlit_app.py -- --run RUN`.
+        # `symile-clinical app` execs `streamlit run app/web/streamlit_app.py -- --run RUN`.
         [sys.executable, "-m", "symile_clinical", "app", "--run", str(run), "--port", str(port)],
         stdout=log,
         stderr=subprocess.STDOUT,

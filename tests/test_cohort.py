@@ -14,7 +14,7 @@ from preprocessing.cohort import (
     earliest_in_window,
     first_lab_values,
 )
-from preprocessing.tables import LabScan, study_datetime
+from preprocessing.mimic_tables import LabScan, study_datetime
 
 T0 = pd.Timestamp("2180-07-23 08:00:00")
 

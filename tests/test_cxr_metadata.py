@@ -14,7 +14,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from preprocessing import layout, tables
+from preprocessing import layout
+from preprocessing import mimic_tables as tables
 from preprocessing.errors import InvalidRoot
 from preprocessing.pipeline import PreprocessConfig, run_preprocess
 from preprocessing.splits import SplitSizes

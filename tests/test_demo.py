@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from app.demo import DemoConfig, run_demo
-from symile_clinical.index import load_index
-from symile_clinical.runs import RunDir
+from app.workflows.demo import DemoConfig, run_demo
+from symile_clinical.formats.run_dir import RunDir
+from symile_clinical.search.index import load_index
 
 
 @pytest.mark.slow

@@ -12,23 +12,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _dataset_factory import write_dataset, write_tiny_config
 
 from models import build_model
-from symile_clinical.checkpoint import save_checkpoint
 from symile_clinical.cli import main
-from symile_clinical.config import load_config
-from symile_clinical.dataset_dir import CandidateSets, DatasetDir, SplitArrays
-from symile_clinical.evaluate import (
+from symile_clinical.evaluation.evaluate import (
     EvaluateConfig,
     EvaluationError,
     embed_for_evaluation,
     evaluate,
     lab_count_bins,
 )
-from symile_clinical.retrieval import rank_queries
-from symile_clinical.runs import RunDir, load_run
-from symile_clinical.train import fit_model_to_data, train
-from tests._dataset_factory import write_dataset, write_tiny_config
+from symile_clinical.evaluation.retrieval import rank_queries
+from symile_clinical.formats.checkpoint import save_checkpoint
+from symile_clinical.formats.dataset_dir import CandidateSets, DatasetDir, SplitArrays
+from symile_clinical.formats.run_dir import RunDir, load_run
+from symile_clinical.training.config import load_config
+from symile_clinical.training.trainer import fit_model_to_data, train
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -250,8 +250,8 @@ def test_mismatched_inputs_are_refused(untrained_runs: dict[str, Path], tmp_path
 
 
 def test_a_winner_is_named_only_when_the_paired_ci_excludes_zero(tmp_path: Path) -> None:
-    from symile_clinical.atomic import write_json_atomic
-    from symile_clinical.report import comparison_sentences
+    from symile_clinical.evaluation.report import comparison_sentences
+    from symile_clinical.formats.atomic import write_json_atomic
 
     def paired(estimate: float, low: float, high: float) -> dict:
         return {

@@ -9,19 +9,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _dataset_factory import write_dataset, write_tiny_config
 
-from symile_clinical.atomic import (
+from symile_clinical.cli import main
+from symile_clinical.errors import EXIT_BAD_INPUT, EXIT_USAGE, SymileClinicalError, UsageError
+from symile_clinical.formats.atomic import (
     atomic_directory,
     atomic_path,
     write_json_atomic,
     write_text_atomic,
 )
-from symile_clinical.cli import main
-from symile_clinical.config import ConfigError, load_config
-from symile_clinical.dataset_dir import DatasetDir, DatasetError, cxr_to_unit
-from symile_clinical.errors import EXIT_BAD_INPUT, EXIT_USAGE, SymileClinicalError, UsageError
-from symile_clinical.runs import RunDir, RunError
-from tests._dataset_factory import write_dataset, write_tiny_config
+from symile_clinical.formats.dataset_dir import DatasetDir, DatasetError, cxr_to_unit
+from symile_clinical.formats.run_dir import RunDir, RunError
+from symile_clinical.training.config import ConfigError, load_config
 
 
 def test_an_atomic_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> None:

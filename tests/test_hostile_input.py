@@ -25,12 +25,12 @@ import pandas as pd
 import pytest
 import torch
 
-from app.uploads import UploadError, read_labs_csv
+from app.web.uploads import UploadError, read_labs_csv
 from preprocessing import layout
 from preprocessing.errors import InvalidTable, PreprocessError
 from preprocessing.pipeline import PreprocessConfig, run_preprocess
 from preprocessing.splits import SplitSizes, candidates_per_split
-from symile_clinical.checkpoint import CheckpointError, load_checkpoint
+from symile_clinical.formats.checkpoint import CheckpointError, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 RAW_VALUES = ("1e308", "1e+308", "-5.0", ",-5", "not-a-date", "garbage-time")
@@ -530,7 +530,7 @@ def record_list(path: Path, rows: int) -> list[str]:
 
 
 def test_table_rows_are_named_by_their_exact_line(tmp_path: Path) -> None:
-    from preprocessing.tables import read_ecg_record_list
+    from preprocessing.mimic_tables import read_ecg_record_list
 
     lines = record_list(tmp_path, 200_000)
     lines[10] = ",".join(lines[10].split(",")[:4])  # too few fields
@@ -570,7 +570,7 @@ def labevents_lines(rows: int) -> list[str]:
 
 
 def test_labevents_problems_are_named_by_their_line_across_blocks(tmp_path: Path) -> None:
-    from preprocessing.tables import scan_labevents
+    from preprocessing.mimic_tables import scan_labevents
 
     lines = labevents_lines(60_000)
     lines[100] = "x,y,z"
@@ -599,7 +599,7 @@ def test_labevents_problems_are_named_by_their_line_across_blocks(tmp_path: Path
 
 def test_real_extreme_lab_values_are_kept_impossible_ones_refused(tmp_path: Path) -> None:
     from preprocessing.lab_catalog import impossible_bounds, plausible_range
-    from preprocessing.tables import scan_labevents
+    from preprocessing.mimic_tables import scan_labevents
 
     # Recorded in patients (rhabdomyolysis, ischaemic hepatitis, hyperosmolar coma, ...),
     # all outside the generator's ranges: kept. Then values no sample can have: refused.
@@ -645,7 +645,7 @@ def test_identical_table_quarantine_rows_are_all_kept() -> None:
 def test_checkpoint_naming_a_windows_path_is_read(tmp_path: Path) -> None:
     import pathlib
 
-    from symile_clinical.lightning_checkpoint import read_lightning_checkpoint
+    from symile_clinical.formats.lightning_checkpoint import read_lightning_checkpoint
 
     class SavedOnWindows:
         """Pickles as pathlib.WindowsPath, as a checkpoint saved on Windows does."""

@@ -38,7 +38,7 @@ import numpy, scipy.signal, wfdb, pydicom, pydicom.pixels
 from preprocessing.ecg import load_ecg_record
 from preprocessing.cxr import load_cxr_image
 from preprocessing.errors import InvalidRecord
-from app.uploads import UploadError, read_ecg_upload
+from app.web.uploads import UploadError, read_ecg_upload
 
 def address_space(field="VmSize:"):
     for line in open("/proc/self/status"):

@@ -12,8 +12,10 @@ import pandas as pd
 import pytest
 import torch
 
-from symile_clinical.dataset_dir import DatasetDir
-from symile_clinical.index import (
+from symile_clinical.formats.dataset_dir import DatasetDir
+from symile_clinical.formats.run_dir import RunDir
+from symile_clinical.objective.similarity import query_vector, score_fn
+from symile_clinical.search.index import (
     CandidateIndexError,
     FaissSearcher,
     IndexConfig,
@@ -27,8 +29,6 @@ from symile_clinical.index import (
     softmax_probabilities,
     write_index,
 )
-from symile_clinical.runs import RunDir
-from symile_clinical.similarity import query_vector, score_fn
 
 
 def naive_top_k(embeddings: np.ndarray, queries: np.ndarray, k: int):
@@ -371,7 +371,7 @@ def test_index_command_faiss_check_takes_every_faiss_kind(tmp_path: Path, caplog
 
     from symile_clinical.cli import main
     from symile_clinical.commands.index import FAISS_CHECK_KINDS
-    from symile_clinical.index import FaissKind
+    from symile_clinical.search.index import FaissKind
 
     assert typing.get_args(FaissKind) == FAISS_CHECK_KINDS  # the CLI offers every kind
     _, run, _ = make_runs(tmp_path, n_test=6)

@@ -9,8 +9,8 @@ import pytest
 import torch
 from symile import Symile
 
-from symile_clinical import losses
-from symile_clinical.losses import clip_loss, draw_permutations, symile_loss
+from symile_clinical.objective import losses
+from symile_clinical.objective.losses import clip_loss, draw_permutations, symile_loss
 
 
 def _embeddings(m: int, b: int, d: int, seed: int, dtype=torch.float64) -> list[torch.Tensor]:

@@ -11,9 +11,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
-from symile_clinical import losses
-from symile_clinical.distributed import gather_with_grad, world_info
-from symile_clinical.losses import clip_loss, symile_loss
+from symile_clinical.objective import losses
+from symile_clinical.objective.gather import gather_with_grad, world_info
+from symile_clinical.objective.losses import clip_loss, symile_loss
 
 WORLD = 2
 LOCAL_BATCH = 3

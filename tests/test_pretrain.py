@@ -8,14 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _dataset_factory import write_dataset, write_tiny_config
 
 from models import build_model
 from symile_clinical.cli import main
-from symile_clinical.config import fit_model_to_data, load_config
-from symile_clinical.dataset_dir import DatasetDir
 from symile_clinical.errors import EXIT_BAD_INPUT
-from symile_clinical.pretrain import LabelsError, pretrain_encoders, read_labels
-from tests._dataset_factory import write_dataset, write_tiny_config
+from symile_clinical.formats.dataset_dir import DatasetDir
+from symile_clinical.training.config import fit_model_to_data, load_config
+from symile_clinical.training.pretrain import LabelsError, pretrain_encoders, read_labels
 
 
 def _labels(dataset: DatasetDir) -> pd.DataFrame:

@@ -35,20 +35,23 @@ from models.reference_mimic import (
     SymileMIMICReference,
 )
 from preprocessing import layout
-from preprocessing import release as release_format
+from preprocessing import symile_mimic_release as release_format
 from preprocessing.compare_cohort import compare_cohort, write_comparison
-from preprocessing.release import (
+from preprocessing.symile_mimic_release import (
     ReleaseError,
     SymileMimicRelease,
     import_release_dataset,
 )
 from symile_clinical.cli import main
-from symile_clinical.dataset_dir import DatasetDir
-from symile_clinical.embedding import embed_split
-from symile_clinical.lightning_checkpoint import LightningCheckpointError, read_lightning_checkpoint
-from symile_clinical.retrieval import rank_queries
-from symile_clinical.runs import RunDir
-from symile_clinical.similarity import mip_scores
+from symile_clinical.evaluation.embedding import embed_split
+from symile_clinical.evaluation.retrieval import rank_queries
+from symile_clinical.formats.dataset_dir import DatasetDir
+from symile_clinical.formats.lightning_checkpoint import (
+    LightningCheckpointError,
+    read_lightning_checkpoint,
+)
+from symile_clinical.formats.run_dir import RunDir
+from symile_clinical.objective.similarity import mip_scores
 
 D = 16
 K = 5
@@ -237,7 +240,7 @@ def test_an_import_that_fails_midway_resumes_from_its_last_chunk(
     cxr[10] = kept
     cxr.flush()
     del cxr
-    with caplog.at_level("INFO", logger="preprocessing.release"):
+    with caplog.at_level("INFO", logger="preprocessing.symile_mimic_release"):
         import_release_dataset(SymileMimicRelease(release), dataset, chunk_rows=4, progress=False)
     assert "resuming train/cxr.npy at row 8" in caplog.text
     clean = DatasetDir(imported / "dataset")
@@ -327,7 +330,7 @@ def test_evaluate_reproduces_the_reference_zero_shot_retrieval(mini, imported) -
 def test_uploads_pass_through_the_reference_transforms(mini, imported, tmp_path) -> None:
     import wfdb
 
-    from app.uploads import lab_inputs, read_ecg_upload
+    from app.web.uploads import lab_inputs, read_ecg_upload
 
     dataset = DatasetDir(imported / "dataset")
     test_csv = pd.read_csv(mini.root / "test.csv")
@@ -374,10 +377,10 @@ def _restore_main_module(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_the_app_queries_an_imported_admission(imported, monkeypatch) -> None:
     from streamlit.testing.v1 import AppTest
 
-    from app.run_context import RUN_ENV
+    from app.web.run_context import RUN_ENV
 
     monkeypatch.setenv(RUN_ENV, str(imported / "run"))
-    entry = Path(__file__).resolve().parents[1] / "app" / "main.py"  # the page script
+    entry = Path(__file__).resolve().parents[1] / "app" / "web" / "main.py"  # the page script
     app = AppTest.from_file(entry, default_timeout=TIMEOUT)
     app.run()
     assert not app.exception, app.exception

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from symile_clinical.retrieval import (
+from symile_clinical.evaluation.retrieval import (
     candidate_set_scores,
     chance_top1,
     mean_reciprocal_rank,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from symile import MIPSimilarity
 
-from symile_clinical.similarity import clip_scores, mip_scores, score_fn
+from symile_clinical.objective.similarity import clip_scores, mip_scores, score_fn
 
 
 def _embeddings(n: int, rows: int, d: int, seed: int) -> list[torch.Tensor]:

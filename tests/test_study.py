@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.study import StudyConfig, cohort_dir, run_study
+from app.workflows.study import StudyConfig, cohort_dir, run_study
 from symile_clinical.cli import main
-from symile_clinical.study import StudyCell, StudyError, mean_ci, summarise_study
+from symile_clinical.experiments.study_cells import StudyCell, StudyError, mean_ci, summarise_study
 
 # Small encoders so that each of the study's trainings takes seconds on a CPU.
 TINY_RECIPE = """\
@@ -190,7 +190,7 @@ def test_pretraining_refuses_to_pretrain_on_a_measured_cohort(tmp_path: Path) ->
 def test_weights_that_do_not_fit_a_recipe_are_refused_before_training(
     quick_study: dict, tmp_path: Path
 ) -> None:
-    from symile_clinical.config import ConfigError
+    from symile_clinical.training.config import ConfigError
 
     config = quick_study["config"]
     other = tmp_path / "other.toml"

@@ -11,12 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _dataset_factory import write_dataset, write_tiny_config
 from torch.utils.data import DataLoader
 
-from symile_clinical.augment import drop_labs
-from symile_clinical.checkpoint import load_checkpoint
 from symile_clinical.cli import main
-from symile_clinical.config import (
+from symile_clinical.evaluation.embedding import SplitEmbeddings, embed_split
+from symile_clinical.formats.checkpoint import load_checkpoint
+from symile_clinical.formats.dataset_dir import DatasetDir, DatasetError, SplitArrays
+from symile_clinical.formats.run_dir import RunDir, load_run
+from symile_clinical.objective.similarity import score_fn
+from symile_clinical.training.augment import drop_labs
+from symile_clinical.training.config import (
     ConfigError,
     TrainConfig,
     config_from_dict,
@@ -25,19 +30,14 @@ from symile_clinical.config import (
     load_config,
     paper_config,
 )
-from symile_clinical.data import MemmapDataset
-from symile_clinical.dataset_dir import DatasetDir, DatasetError, SplitArrays
-from symile_clinical.embedding import SplitEmbeddings, embed_split
-from symile_clinical.runs import RunDir, load_run
-from symile_clinical.similarity import score_fn
-from symile_clinical.train import (
+from symile_clinical.training.memmap_dataset import MemmapDataset
+from symile_clinical.training.trainer import (
     GlobalBatchSampler,
     RunExistsError,
     WarmupCosine,
     retrieval_accuracy,
     train,
 )
-from tests._dataset_factory import write_dataset, write_tiny_config
 
 
 @pytest.fixture(scope="module")

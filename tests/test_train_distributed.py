@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from _dataset_factory import write_dataset, write_tiny_config
 
 from models import build_model
-from symile_clinical.checkpoint import load_checkpoint
-from symile_clinical.config import load_config
-from symile_clinical.runs import RunDir, load_run
-from symile_clinical.train import train
-from tests._dataset_factory import write_dataset, write_tiny_config
+from symile_clinical.formats.checkpoint import load_checkpoint
+from symile_clinical.formats.run_dir import RunDir, load_run
+from symile_clinical.training.config import load_config
+from symile_clinical.training.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,17 +14,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from _dataset_factory import write_dataset, write_tiny_config
 
-from symile_clinical.checkpoint import (
+from symile_clinical.formats.checkpoint import (
     CheckpointError,
     load_checkpoint,
     previous_path,
     save_checkpoint,
 )
-from symile_clinical.config import ConfigError, load_config
-from symile_clinical.runs import RunDir, load_run
-from symile_clinical.train import train
-from tests._dataset_factory import write_dataset, write_tiny_config
+from symile_clinical.formats.run_dir import RunDir, load_run
+from symile_clinical.training.config import ConfigError, load_config
+from symile_clinical.training.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -145,7 +145,7 @@ def test_resume_falls_back_to_the_previous_checkpoint(
     last = RunDir(run_dir).last_checkpoint
     last.write_bytes(last.read_bytes()[:1000])
     assert load_checkpoint(previous_path(last))["progress"]["step"] == 3  # epoch 0's end
-    with caplog.at_level(logging.ERROR, logger="symile_clinical.train"):
+    with caplog.at_level(logging.ERROR, logger="symile_clinical.training.trainer"):
         result = train(config, dataset, run_dir, resume=True, progress=False)
     assert str(last) in caplog.text and "truncated or corrupt" in caplog.text
     assert result.steps == 4  # step 4 was redone from the step-3 checkpoint

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from symile_clinical.cli import main
-from symile_clinical.xor_experiment import (
+from symile_clinical.experiments.xor import (
     PLOT_FILE,
     RESULTS_CSV,
     RESULTS_JSON,

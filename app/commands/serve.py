@@ -7,13 +7,11 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from symile_clinical.cli import int_at_least
-
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8501
 
 
-def _add_serve_options(parser: argparse.ArgumentParser) -> None:
+def add_serve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--host",
         default=DEFAULT_HOST,
@@ -54,61 +52,24 @@ def register_app(subparsers: argparse._SubParsersAction) -> None:
         required=True,
         help="run directory (from `train`)",
     )
-    _add_serve_options(parser)
+    add_serve_options(parser)
     parser.set_defaults(run=run_app)
-
-
-def register_demo(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `demo` subcommand."""
-    parser = subparsers.add_parser(
-        "demo",
-        help="synthesise, preprocess, train Symile and CLIP, evaluate, index, serve the app",
-        description=(
-            "The whole job on a fresh machine: a synthetic cohort in MIMIC's formats "
-            "(OUT/mimic), the dataset (OUT/dataset), Symile and CLIP runs (OUT/runs/symile, "
-            "OUT/runs/clip) with the comparison report and candidate indexes, then the app. "
-            "Steps whose output is current are skipped, so a second run starts the app at once."
-        ),
-    )
-    parser.add_argument("--out", type=Path, default=Path("demo-data"), help="output folder")
-    parser.add_argument("--admissions", type=int, default=2000, help="synthetic admissions")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--joint-fraction",
-        type=float,
-        default=0.5,
-        help="share of CXR findings carried only by ECG and labs jointly (see `synth`)",
-    )
-    parser.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 1))
-    parser.add_argument(
-        "--bootstrap", type=int_at_least(2), default=1000, help="bootstrap resamples (>= 2)"
-    )
-    parser.add_argument(
-        "--no-pretrain",
-        action="store_true",
-        help="train both objectives from random encoders (default: encoders pretrained on a "
-        "separate labelled synthetic cohort)",
-    )
-    parser.add_argument("--no-serve", action="store_true", help="stop before serving the app")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    _add_serve_options(parser)
-    parser.set_defaults(run=run_demo_command)
 
 
 def streamlit_command(
     run_dir: Path, host: str, port: int, allow_hosts: Sequence[str] = ()
 ) -> list[str]:
-    """`python -m streamlit run app/streamlit_app.py FLAGS -- --run RUN`.
+    """`python -m streamlit run app/web/streamlit_app.py FLAGS -- --run RUN`.
 
-    The flags repeat app/.streamlit/config.toml (what a bare `streamlit run` gets) with
+    The flags repeat app/web/.streamlit/config.toml (what a bare `streamlit run` gets) with
     this command's address and port; server.allowedHosts lists every name the Host check
-    (app.host_guard) lets through, so Streamlit's own websocket check agrees with it.
+    (app.web.host_guard) lets through, so Streamlit's own websocket check agrees with it.
     """
     import sys
 
-    from app.host_guard import allowed_hosts
+    from app.web.host_guard import allowed_hosts
 
-    entry = Path(__file__).resolve().parent / "streamlit_app.py"
+    entry = Path(__file__).resolve().parents[1] / "web" / "streamlit_app.py"
     hosts = [f"--server.allowedHosts={name}" for name in allowed_hosts(host, allow_hosts)]
     return [
         sys.executable,
@@ -155,42 +116,10 @@ def serve(
 
 def run_app(args: argparse.Namespace) -> int:
     """Serve the app for --run; RunUnavailableError (exit 1) when it is not a training run."""
-    from app.run_context import RunUnavailableError
-    from symile_clinical.runs import RunDir
+    from app.web.run_context import RunUnavailableError
+    from symile_clinical.formats.run_dir import RunDir
 
     run = RunDir(args.run_dir)
     if not run.has_config():
         raise RunUnavailableError(run.config_path, "missing: not a training run directory")
     return serve(args.run_dir, args.host, args.port, args.allow_hosts)
-
-
-def run_demo_command(args: argparse.Namespace) -> int:
-    """Build (or keep) everything the demo needs, then serve the app unless --no-serve.
-
-    A bad option value is a UsageError (exit 2); an input that cannot be used, exit 1.
-    """
-    import logging
-
-    from app.demo import DemoConfig, run_demo
-    from symile_clinical.runs import RunDir
-
-    config = DemoConfig(
-        out=args.out,
-        admissions=args.admissions,
-        seed=args.seed,
-        joint_fraction=args.joint_fraction,
-        workers=args.workers,
-        n_bootstrap=args.bootstrap,
-        pretrain=not args.no_pretrain,
-        progress=not args.no_progress,
-    )
-    result = run_demo(config)
-    logging.getLogger(__name__).info(
-        "demo ready in %.0f s (ran: %s); report: %s",
-        result.seconds,
-        ", ".join(result.ran) or "nothing, all current",
-        RunDir(result.symile_run).report_markdown,
-    )
-    if args.no_serve:
-        return 0
-    return serve(result.symile_run, args.host, args.port, args.allow_hosts)

@@ -22,15 +22,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from app.figures import ecg_png
-from app.queries import MaskedLabQueries, Query, labs_table, masked_lab_queries
-from app.tables import labs_markdown
+from app.web.figures import ecg_png
+from app.web.markdown import labs_markdown
+from app.web.queries import MaskedLabQueries, Query, labs_table, masked_lab_queries
 from preprocessing.ecg import load_ecg_record
 from preprocessing.errors import InvalidRecord
 from preprocessing.layout import MimicRoot
 
 if TYPE_CHECKING:
-    from app.run_context import RunContext
+    from app.web.run_context import RunContext
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class Admission:
     paper_pools: dict[str, np.ndarray | None]  # run label -> RunContext.paper_pool(row)
     masked_labs: MaskedLabQueries  # of the served run, for "what drives the match"
     labs: pd.DataFrame  # queries.labs_table
-    labs_markdown: str  # the same table as the page shows it (app.tables.labs_markdown)
+    labs_markdown: str  # the same table as the page shows it (app.web.markdown.labs_markdown)
     ecg_image: bytes  # PNG
     ecg_unit: str  # "mV" (read from the ECG release) or "normalised" (the stored tensor)
 

@@ -2,7 +2,7 @@
 query's path): the 12-lead ECG on ECG paper, and candidate thumbnails.
 
 A matplotlib figure of the 12 leads took 0.2-0.5 s per admission on the 2-core machine;
-this drawing takes milliseconds, and is drawn once per admission (app.admissions).
+this drawing takes milliseconds, and is drawn once per admission (app.web.admissions).
 """
 
 from __future__ import annotations

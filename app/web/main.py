@@ -1,7 +1,7 @@
 """The Streamlit script the server runs for each session: the navigation between the pages.
 
 Pages: query by admission, query by upload, the run's evaluation report. The server itself
-(warm start, Host check) is `app/streamlit_app.py`.
+(warm start, Host check) is `app/web/streamlit_app.py`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 # `streamlit run` puts app/ first on sys.path; the project root must be importable too.
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 

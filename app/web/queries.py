@@ -1,8 +1,8 @@
 """A query (ECG + labs) through the model into a ranking of candidate CXRs, and what drives it.
 
 Pure functions of arrays and a loaded model: the Streamlit pages only display their results.
-A query is embedded by `symile_clinical.embedding.embed_query` and turned into the vector
-candidates are dotted with by `symile_clinical.similarity.query_vector`.
+A query is embedded by `symile_clinical.evaluation.embedding.embed_query` and turned into the vector
+candidates are dotted with by `symile_clinical.objective.similarity.query_vector`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from symile_clinical.index import CandidateIndex, top_k_sorted
-from symile_clinical.similarity import query_vector
+from symile_clinical.objective.similarity import query_vector
+from symile_clinical.search.index import CandidateIndex, top_k_sorted
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
 """What the app serves from: a trained run, its candidate index, its dataset, its comparisons.
 
-The run directory is read through `symile_clinical.runs.RunDir` (its model, its dataset,
-the runs compare.json names), the dataset through `symile_clinical.dataset_dir.DatasetDir`
+The run directory is read through `symile_clinical.formats.run_dir.RunDir` (its model, its dataset,
+the runs compare.json names), the dataset through `symile_clinical.formats.dataset_dir.DatasetDir`
 (the split the index covers, its manifest, candidate sets and lab list) and the index
-through `symile_clinical.index`: this module names none of their files.
+through `symile_clinical.search.index`: this module names none of their files.
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from app.errors import AppError
-from symile_clinical.dataset_dir import CandidateSets, DatasetDir, DatasetError, SplitArrays
+from app.web.errors import AppError
 from symile_clinical.errors import SymileClinicalError
-from symile_clinical.index import INDEX_JSON, CandidateIndex, IndexConfig, ensure_index
-from symile_clinical.runs import LoadedRun, RunDir
+from symile_clinical.formats.dataset_dir import CandidateSets, DatasetDir, DatasetError, SplitArrays
+from symile_clinical.formats.run_dir import LoadedRun, RunDir
+from symile_clinical.search.index import INDEX_JSON, CandidateIndex, IndexConfig, ensure_index
 
 if TYPE_CHECKING:
-    from app.admissions import Admission, AdmissionCache
+    from app.web.admissions import Admission, AdmissionCache
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +69,13 @@ class RunContext:
     def prepare(self) -> RunContext:
         """Compute what sessions share before serving: thumbnail PNGs and the split's
         query embeddings (batched), for this run and its comparisons; returns self."""
-        from app.admissions import (
+        from app.web.admissions import (
             EAGER_EMBEDDING_ROWS,
             AdmissionCache,
             build_admission,
             embed_split_queries,
         )
-        from app.figures import thumbnail_data_uri
+        from app.web.figures import thumbnail_data_uri
 
         self.run.model.eval()
         if len(self.index) <= EAGER_THUMBNAIL_ROWS:
@@ -95,7 +95,7 @@ class RunContext:
         return self
 
     def thumbnail_uri(self, position: int) -> str:
-        """The thumbnail at an index position as a PNG data: URI (app.figures): the page
+        """The thumbnail at an index position as a PNG data: URI (app.web.figures): the page
         carries the results' images inline, so showing them costs no media file and no
         request per image."""
         if self._admissions is None:
@@ -108,7 +108,7 @@ class RunContext:
         """(ecg [d], labs [d]) query embeddings of a split row with this run's model."""
         if self._query_embeddings is not None:
             return self._query_embeddings[0][row], self._query_embeddings[1][row]
-        from app.admissions import embed_split_queries
+        from app.web.admissions import embed_split_queries
 
         ecg, labs = embed_split_queries(self, np.array([row]))
         return ecg[0], labs[0]

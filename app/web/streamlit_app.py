@@ -1,11 +1,11 @@
-"""The app's server: `symile-clinical app --run RUN` (or `streamlit run app/streamlit_app.py
--- --run RUN`, the same server with the settings of app/.streamlit/config.toml).
+"""The app's server: `symile-clinical app --run RUN` (or `streamlit run app/web/streamlit_app.py
+-- --run RUN`, the same server with the settings of app/web/.streamlit/config.toml).
 
-An st.App around the page script `app/main.py`, so that both ways of starting it get:
-- the Host check of `app.host_guard.HostGuard` on every HTTP and websocket request (DNS
+An st.App around the page script `app/web/main.py`, so that both ways of starting it get:
+- the Host check of `app.web.host_guard.HostGuard` on every HTTP and websocket request (DNS
   rebinding), before Streamlit sees the request;
 - a warm start: the run's model, index, thumbnails, metadata and query embeddings are
-  loaded in the server's startup (`app.run_context.warm_served_run`), before it accepts
+  loaded in the server's startup (`app.web.run_context.warm_served_run`), before it accepts
   connections, so no user waits for them; sessions share what was loaded.
 """
 
@@ -21,14 +21,14 @@ from pathlib import Path
 from typing import Any
 
 # `streamlit run` imports this file as a top-level module with app/ on sys.path.
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from starlette.middleware import Middleware  # noqa: E402
 from streamlit import App  # noqa: E402
 
-from app.host_guard import HostGuard  # noqa: E402
+from app.web.host_guard import HostGuard  # noqa: E402
 
 SCRIPT = Path(__file__).resolve().parent / "main.py"
 log = logging.getLogger("app.server")
@@ -38,7 +38,7 @@ log = logging.getLogger("app.server")
 async def warm_start(_app: Any) -> AsyncIterator[None]:
     """Load the run before the server accepts connections (a run that cannot be served is
     logged here and shown to each visitor by the page)."""
-    from app.run_context import RunUnavailableError, run_dir_from_args, warm_served_run
+    from app.web.run_context import RunUnavailableError, run_dir_from_args, warm_served_run
 
     if not logging.getLogger().handlers:
         logging.basicConfig(

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from app.errors import AppError
+from app.web.errors import AppError
 from preprocessing.ecg import check_header, load_ecg_record, normalise_ecg
 from preprocessing.errors import InvalidRecord
 from preprocessing.lab_catalog import impossible_bounds

@@ -1,7 +1,7 @@
 """Streamlit building blocks shared by the pages: the served run, images, result grids.
 
 The run, its index and everything prepared per admission live in the server process
-(app.run_context.served_run), shared by all sessions; these functions only display them.
+(app.web.run_context.served_run), shared by all sessions; these functions only display them.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from app.queries import MaskedLabQueries, Query, Ranking, lab_score_changes, rank_candidates
-from app.run_context import (
+from app.web.markdown import markdown_table
+from app.web.queries import MaskedLabQueries, Query, Ranking, lab_score_changes, rank_candidates
+from app.web.run_context import (
     RunContext,
     RunUnavailableError,
     note_page_run,
@@ -25,8 +26,7 @@ from app.run_context import (
     run_stamp,
     served_run,
 )
-from app.tables import markdown_table
-from symile_clinical.embedding import embed_query
+from symile_clinical.evaluation.embedding import embed_query
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def current_context() -> RunContext:
 
 
 def show_ecg(png: bytes, unit: str) -> None:
-    """The 12-lead ECG image (app.figures.ecg_png), captioned with its units."""
+    """The 12-lead ECG image (app.web.figures.ecg_png), captioned with its units."""
     st.image(png, caption=f"12-lead ECG ({unit} against seconds)", output_format="PNG")
 
 

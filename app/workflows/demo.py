@@ -6,11 +6,11 @@ Steps, each skipped when its output is already there and current:
 2. preprocess it                        OUT/dataset/     (preprocessing.pipeline.run_preprocess)
 3. pretrain the encoders on a separate labelled cohort's findings (unless `pretrain` is off):
    synthesise and preprocess it         OUT/pretrain/mimic/, OUT/pretrain/dataset/
-   pretrain                             OUT/pretrain/encoders.pt (symile_clinical.pretrain)
+   pretrain                             OUT/pretrain/encoders.pt (symile_clinical.training.pretrain)
 4. train Symile and pairwise CLIP, both from those encoders
-                                        OUT/runs/symile/, OUT/runs/clip/ (symile_clinical.train)
-5. evaluate Symile with CLIP compared   OUT/runs/symile/report/ (symile_clinical.evaluate)
-6. build each run's candidate index     OUT/runs/*/index/ (symile_clinical.index)
+                                        OUT/runs/symile/, OUT/runs/clip/ (training.trainer)
+5. evaluate Symile with CLIP compared   OUT/runs/symile/report/ (evaluation.evaluate)
+6. build each run's candidate index     OUT/runs/*/index/ (symile_clinical.search.index)
 7. name CLIP as Symile's comparison     OUT/runs/symile/compare.json
 
 The pretraining cohort is another synthetic hospital (its own seed): its findings play the
@@ -35,14 +35,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from symile_clinical.atomic import write_json_atomic
-from symile_clinical.checkpoint import file_sha256
-from symile_clinical.dataset_dir import DatasetDir
 from symile_clinical.errors import UsageError
-from symile_clinical.runs import RunDir
+from symile_clinical.formats.atomic import write_json_atomic
+from symile_clinical.formats.checkpoint import file_sha256
+from symile_clinical.formats.dataset_dir import DatasetDir
+from symile_clinical.formats.run_dir import RunDir
 
 if TYPE_CHECKING:
-    from symile_clinical.config import TrainConfig
+    from symile_clinical.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class DemoConfig:
     cxr_max_size: int = 256  # synthetic DICOM side (px); real ones are 1k-3k
     cxr_size: int = 64  # preprocessed CXR side, the demo model's input
     workers: int = max(1, os.cpu_count() or 1)
-    # Each objective's own recipe (a preset of symile_clinical.config, chosen on validation:
+    # Each objective's own recipe (a preset of training.config, chosen on validation:
     # docs/diagnosis.md).
     symile_preset: str = "demo"
     clip_preset: str = "demo-clip"
@@ -138,7 +138,7 @@ def _train_config(
 ) -> TrainConfig:
     """The preset's training config with the demo's objective, seed and epoch limits, its
     encoders started from `encoder_weights` when given."""
-    from symile_clinical.config import config_from_dict, load_config
+    from symile_clinical.training.config import config_from_dict, load_config
 
     overrides: dict[str, Any] = {"objective": objective, "seed": config.seed, "device": "cpu"}
     if encoder_weights is not None:
@@ -155,7 +155,7 @@ def _train(train_config: Any, dataset: Path, run: RunDir, progress: bool) -> Non
     """Train from scratch: a run left by an earlier, different or killed demo is replaced."""
     import shutil
 
-    from symile_clinical.train import train
+    from symile_clinical.training.trainer import train
 
     if run.path.exists():
         shutil.rmtree(run.path)
@@ -257,8 +257,8 @@ def _pretrained_encoders(config: DemoConfig, steps: _Steps, folder: Path) -> Pat
     """The pretraining cohort, its findings as labels, and the encoders trained on them
     (FOLDER/encoders.pt); the Symile preset's model, the demo's training seed."""
     from preprocessing.synth.labels import write_finding_labels
-    from symile_clinical.config import config_to_dict, load_config
-    from symile_clinical.pretrain import pretrain_encoders
+    from symile_clinical.training.config import config_to_dict, load_config
+    from symile_clinical.training.pretrain import pretrain_encoders
 
     mimic, dataset = folder / "mimic", folder / "dataset"
     _cohort(
@@ -290,9 +290,9 @@ def _pretrained_encoders(config: DemoConfig, steps: _Steps, folder: Path) -> Pat
 
 def run_demo(config: DemoConfig) -> DemoResult:
     """Synthesise, preprocess, train Symile and CLIP, evaluate, index; skip what is current."""
-    from symile_clinical.config import config_to_dict
-    from symile_clinical.evaluate import EvaluateConfig, evaluate
-    from symile_clinical.index import IndexConfig, ensure_index
+    from symile_clinical.evaluation.evaluate import EvaluateConfig, evaluate
+    from symile_clinical.search.index import IndexConfig, ensure_index
+    from symile_clinical.training.config import config_to_dict
 
     if config.pretrain and config.seed == config.pretrain_seed:
         raise UsageError(

@@ -3,36 +3,33 @@
 For each joint fraction F and cohort seed, a synthetic cohort is generated and preprocessed
 (OUT/cohorts/F<F>_c<seed>/mimic, .../dataset) through the public entry points of
 `preprocessing.synth` and `preprocessing.pipeline`; then each objective is trained with its
-own recipe (a preset of symile_clinical.config) for every training seed, and its best
+own recipe (a preset of symile_clinical.training.config) for every training seed, and its best
 checkpoint (chosen on val by the trainer) is measured once on the test split
-(symile_clinical.study.run_cell). The report (OUT/report/) gives the mean test top-1 per
+(experiments.study_cells.run_cell). The report (OUT/report/) gives the mean test top-1 per
 (F, objective) with a CI over runs, the paired Symile - CLIP difference per F, the labs'
 gain per objective and a plot of accuracy against F.
 
-It lives in app/ (like app/demo.py) because it generates cohorts, and symile_clinical may
+It lives in app/ (like app/workflows/demo.py) because it generates cohorts, and symile_clinical may
 not import preprocessing. Resumable: a cohort whose dataset is complete and a cell whose
 study_result.json exists are reused; a killed training resumes from its checkpoint.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
 import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from symile_clinical.cli import int_at_least
-from symile_clinical.dataset_dir import DatasetDir
 from symile_clinical.errors import UsageError
+from symile_clinical.formats.dataset_dir import DatasetDir
 
 log = logging.getLogger(__name__)
 
-# Each objective's recipe: a preset name of symile_clinical.config (chosen on validation by
+# Each objective's recipe: a preset name of symile_clinical.training.config (chosen on validation by
 # benchmarks/recipe_search.py; docs/diagnosis.md).
 DEFAULT_RECIPES = {"symile": "demo", "clip": "demo-clip"}
 
@@ -72,7 +69,7 @@ class StudyConfig:
         return cls(**{**values, **changes})
 
 
-# The pretraining cohort: another synthetic hospital, the demo's (app/demo.py) by default.
+# The pretraining cohort: another synthetic hospital, the demo's (app/workflows/demo.py) by default.
 PRETRAIN_SEED, PRETRAIN_FRACTION = 7, 0.5
 
 
@@ -126,9 +123,9 @@ def ensure_pretrained_encoders(config: StudyConfig) -> Path:
     on the findings of a separate cohort (OUT/pretrain/, seed PRETRAIN_SEED, F 0.5), made
     unless already there."""
     from preprocessing.synth.labels import write_finding_labels
-    from symile_clinical.atomic import write_json_atomic
-    from symile_clinical.config import config_to_dict, load_config
-    from symile_clinical.pretrain import pretrain_encoders
+    from symile_clinical.formats.atomic import write_json_atomic
+    from symile_clinical.training.config import config_to_dict, load_config
+    from symile_clinical.training.pretrain import pretrain_encoders
 
     folder = Path(config.out) / "pretrain"
     weights, stamp = folder / "encoders.pt", folder / "encoders.json"
@@ -155,7 +152,7 @@ def _check_weights_fit(config: StudyConfig) -> None:
     """Every recipe's model takes the encoder weights (a ConfigError naming the file and the
     encoder otherwise, exit 1), before any cell trains."""
     from models import WeightsError, build_model
-    from symile_clinical.config import ConfigError, fit_model_to_data, load_config
+    from symile_clinical.training.config import ConfigError, fit_model_to_data, load_config
 
     train = ensure_cohort(config, config.fractions[0], config.cohort_seeds[0]).split("train")
     for recipe in config.recipes.values():
@@ -168,7 +165,12 @@ def _check_weights_fit(config: StudyConfig) -> None:
 
 def run_study(config: StudyConfig, command: str = "symile-clinical study") -> dict[str, Any]:
     """Cohorts, every cell, the report; returns {"summary", "files", "results"}."""
-    from symile_clinical.study import StudyCell, run_cells, summarise_study, write_study_report
+    from symile_clinical.experiments.study_cells import (
+        StudyCell,
+        run_cells,
+        summarise_study,
+        write_study_report,
+    )
 
     if config.pretrain:
         if config.encoder_weights is not None:
@@ -199,92 +201,3 @@ def run_study(config: StudyConfig, command: str = "symile-clinical study") -> di
     files = write_study_report(config.out, summary, command)
     log.info("study: report in %s", files["markdown"])
     return {"summary": summary, "files": files, "results": results}
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list") from error
-    if any(not 0.0 <= v <= 1.0 for v in values):
-        raise argparse.ArgumentTypeError(f"joint fractions must be in [0, 1], got {text!r}")
-    return values
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `study` subcommand."""
-    parser = subparsers.add_parser(
-        "study",
-        help="Symile vs CLIP across joint fractions: cohorts, multi-seed training, report",
-        description=(
-            "Generate synthetic cohorts at each joint fraction (several cohort seeds), train "
-            "Symile and CLIP with their own recipes for several seeds, measure each once on "
-            "the test split, and write OUT/report/ (markdown, HTML, PNG). Resumable."
-        ),
-    )
-    parser.add_argument("--out", type=Path, default=Path("study"), help="output folder")
-    parser.add_argument("--quick", action="store_true", help="a tiny study, for checks")
-    parser.add_argument("--admissions", type=int_at_least(20), default=None)
-    parser.add_argument("--fractions", type=_floats, default=None, help="e.g. 0,0.5,1")
-    parser.add_argument("--cohort-seeds", type=int_at_least(1), default=None, help="how many")
-    parser.add_argument("--seeds", type=int_at_least(1), default=None, help="training seeds")
-    parser.add_argument("--jobs", type=int_at_least(1), default=2, help="parallel trainings")
-    parser.add_argument("--max-steps", type=int_at_least(1), default=None)
-    for objective, preset in DEFAULT_RECIPES.items():
-        parser.add_argument(
-            f"--{objective}-recipe",
-            default=preset,
-            help=f"preset name or TOML file for {objective} (default {preset})",
-        )
-    weights = parser.add_mutually_exclusive_group()
-    weights.add_argument(
-        "--encoder-weights",
-        type=_existing_file,
-        default=None,
-        help="a local weights file (train --encoder-weights) that starts every run's encoders",
-    )
-    weights.add_argument(
-        "--pretrain",
-        action="store_true",
-        help="first pretrain the encoders on a separate labelled cohort's findings "
-        f"(OUT/pretrain/: seed {PRETRAIN_SEED}, F {PRETRAIN_FRACTION}) and start every run "
-        "from them",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(run=run_study_command)
-
-
-def _existing_file(text: str) -> Path:
-    path = Path(text)
-    if not path.is_file():
-        raise argparse.ArgumentTypeError(f"{text}: no such file")
-    return path
-
-
-def run_study_command(args: argparse.Namespace) -> int:
-    """Build the StudyConfig from the arguments and run the study; exit status 0."""
-    changes: dict[str, Any] = {
-        "jobs": args.jobs,
-        "progress": not args.no_progress,
-        "recipes": {"symile": args.symile_recipe, "clip": args.clip_recipe},
-    }
-    if args.admissions is not None:
-        changes["admissions"] = args.admissions
-    if args.fractions is not None:
-        changes["fractions"] = args.fractions
-    if args.cohort_seeds is not None:
-        changes["cohort_seeds"] = tuple(range(args.cohort_seeds))
-    if args.seeds is not None:
-        changes["seeds"] = tuple(range(args.seeds))
-    if args.max_steps is not None:
-        changes["max_steps"] = args.max_steps
-    if args.encoder_weights is not None:
-        changes["encoder_weights"] = args.encoder_weights
-    if args.pretrain:
-        changes["pretrain"] = True
-    if args.quick:
-        config = StudyConfig.quick(args.out, **changes)
-    else:
-        config = StudyConfig(out=args.out, **changes)
-    run_study(config, command="symile-clinical " + " ".join(sys.argv[1:]))
-    return 0

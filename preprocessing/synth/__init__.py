@@ -1,7 +1,7 @@
 """Synthetic cohort written in MIMIC's own file formats and layouts.
 
 ``generate_cohort(SynthConfig(out=..., admissions=...)) -> SynthSummary`` is the entry
-point; the names load lazily so that ``preprocessing.synth.command`` stays light.
+point; the names load lazily so that ``preprocessing.commands.synth`` stays light.
 """
 
 from __future__ import annotations

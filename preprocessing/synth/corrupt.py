@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from symile_clinical.atomic import write_text_atomic
+from symile_clinical.formats.atomic import write_text_atomic
 
 ECG_TRUNCATED = "ecg_truncated_dat"
 ECG_HEADER_MISMATCH = "ecg_header_mismatch"

@@ -25,7 +25,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from symile_clinical.atomic import atomic_path
+from symile_clinical.formats.atomic import atomic_path
 
 CR_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.1")
 DX_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.1.1")

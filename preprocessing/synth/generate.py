@@ -37,8 +37,8 @@ from preprocessing.synth.patient_records import (
     simulate_patients,
 )
 from preprocessing.synth.state import N_MARKERS, joint_marker_count
-from preprocessing.synth.tables import csv_table, write_table
-from symile_clinical.atomic import write_json_atomic
+from preprocessing.synth.table_writers import csv_table, write_table
+from symile_clinical.formats.atomic import write_json_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The synthetic cohort's per-modality findings as a labels file for encoder pretraining.
 
-`symile-clinical pretrain --labels` (symile_clinical/pretrain.py) reads `hadm_id` and one
+`symile-clinical pretrain --labels` (symile_clinical/training/pretrain.py) reads `hadm_id` and one
 column per finding, `<modality>:<name>`. On real data such labels come from ECG machine
 statements, abnormal-lab flags and radiology reports; here they are the marker bits of
 synth_truth.csv.gz, each under the finding that shows it (state.py, ecg_waveform.py,

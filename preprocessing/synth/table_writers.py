@@ -10,7 +10,7 @@ from typing import BinaryIO
 
 import pandas as pd
 
-from symile_clinical.atomic import atomic_path
+from symile_clinical.formats.atomic import atomic_path
 
 
 class CsvWriter:

@@ -16,7 +16,7 @@ import numpy as np
 
 from preprocessing.layout import ECG_SAMPLES, ECG_SAMPLING_HZ, MIMIC_ECG_LEADS, ecg_record_path
 from preprocessing.synth.ecg_waveform import ECG_GAIN_PER_MV, to_digital
-from symile_clinical.atomic import write_bytes_atomic, write_text_atomic
+from symile_clinical.formats.atomic import write_bytes_atomic, write_text_atomic
 
 
 def header_text(study_id: int, subject_id: int, ecg_time: datetime, digital: np.ndarray) -> str:

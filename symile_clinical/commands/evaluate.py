@@ -60,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate and write the report; the CLI turns a refused input into exit status 1."""
-    from symile_clinical.evaluate import EvaluateConfig, evaluate
+    from symile_clinical.evaluation.evaluate import EvaluateConfig, evaluate
 
     config = EvaluateConfig(
         run_dir=args.run_dir,

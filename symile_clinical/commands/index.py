@@ -8,7 +8,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-# Every kind symile_clinical.index.FaissSearcher offers (its FaissKind; tests/test_index.py
+# Every kind symile_clinical.search.index.FaissSearcher offers (its FaissKind; tests/test_index.py
 # checks they agree), named here so that the CLI's parser does not import torch.
 FAISS_CHECK_KINDS = ("flat", "hnsw", "ivf")
 
@@ -54,8 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build (or keep) the index; the CLI turns a refused input into exit status 1."""
-    from symile_clinical.index import IndexConfig, ensure_index
-    from symile_clinical.runs import load_run
+    from symile_clinical.formats.run_dir import load_run
+    from symile_clinical.search.index import IndexConfig, ensure_index
 
     config = IndexConfig(
         run_dir=args.run_dir,
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         index.info["checkpoint_sha256"][:12],
     )
     if args.faiss_check:
-        from symile_clinical.index import faiss_recall, split_query_vectors
+        from symile_clinical.search.index import faiss_recall, split_query_vectors
 
         queries = split_query_vectors(loaded, loaded.run.dataset(config.data_dir), config.split)
         measured = faiss_recall(index.embeddings, queries, args.faiss_check)

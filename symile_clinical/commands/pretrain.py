@@ -38,9 +38,9 @@ def run(args: argparse.Namespace) -> int:
     """Pretrain and write the weights file; exit status 0."""
     import dataclasses
 
-    from symile_clinical.config import load_config
-    from symile_clinical.dataset_dir import DatasetDir
-    from symile_clinical.pretrain import pretrain_encoders
+    from symile_clinical.formats.dataset_dir import DatasetDir
+    from symile_clinical.training.config import load_config
+    from symile_clinical.training.pretrain import pretrain_encoders
 
     config = load_config(args.config)
     if args.seed is not None:

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from symile_clinical.errors import UsageError
-    from symile_clinical.xor_experiment import (
+    from symile_clinical.experiments.xor import (
         RESULTS_MD,
         XorConfig,
         paper_size,

@@ -115,10 +115,10 @@ def _overrides(args: argparse.Namespace, names: dict[str, str]) -> dict[str, obj
 
 def run(args: argparse.Namespace) -> int:
     """Build the TrainConfig (preset/TOML + flags, or the run's own on --resume) and train."""
-    from symile_clinical.config import config_from_dict, load_config
     from symile_clinical.errors import UsageError
-    from symile_clinical.runs import RunDir
-    from symile_clinical.train import train
+    from symile_clinical.formats.run_dir import RunDir
+    from symile_clinical.training.config import config_from_dict, load_config
+    from symile_clinical.training.trainer import train
 
     overrides = _overrides(args, TRAIN_OVERRIDES)
     model_overrides = _overrides(args, MODEL_OVERRIDES)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from symile_clinical.dataset_dir import SplitArrays, cxr_to_unit
+from symile_clinical.formats.dataset_dir import SplitArrays, cxr_to_unit
 
 
 class EmbeddingModel(Protocol):

@@ -38,16 +38,15 @@ from typing import Any
 
 import numpy as np
 
-from symile_clinical.bootstrap import (
+from symile_clinical.errors import SymileClinicalError
+from symile_clinical.evaluation.bootstrap import (
     DEFAULT_RESAMPLES,
     BootstrapEstimate,
     bootstrap_mean,
     paired_bootstrap_difference,
 )
-from symile_clinical.dataset_dir import CandidateSets, DatasetDir, DatasetError, SplitArrays
-from symile_clinical.embedding import cxr_thumbnails, embed_masked_labs, embed_split
-from symile_clinical.errors import SymileClinicalError
-from symile_clinical.report import (
+from symile_clinical.evaluation.embedding import cxr_thumbnails, embed_masked_labs, embed_split
+from symile_clinical.evaluation.report import (
     ExampleQuery,
     plot_accuracy_by_lab_bins,
     plot_accuracy_with_ci,
@@ -55,7 +54,7 @@ from symile_clinical.report import (
     plot_rank_histogram,
     write_report,
 )
-from symile_clinical.retrieval import (
+from symile_clinical.evaluation.retrieval import (
     QueryRanks,
     chance_top1,
     median_rank,
@@ -63,7 +62,8 @@ from symile_clinical.retrieval import (
     top1_correct,
     top_k_indices,
 )
-from symile_clinical.runs import LoadedRun, RunDir, load_run
+from symile_clinical.formats.dataset_dir import CandidateSets, DatasetDir, DatasetError, SplitArrays
+from symile_clinical.formats.run_dir import LoadedRun, RunDir, load_run
 
 log = logging.getLogger(__name__)
 

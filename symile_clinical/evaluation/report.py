@@ -21,7 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from symile_clinical.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
+from symile_clinical.formats.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
 
 METRICS_FILE = "metrics.json"
 MARKDOWN_FILE = "report.md"

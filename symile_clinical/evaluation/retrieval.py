@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from symile_clinical.dataset_dir import CandidateSets
-from symile_clinical.similarity import score_fn
+from symile_clinical.formats.dataset_dir import CandidateSets
+from symile_clinical.objective.similarity import score_fn
 
 # Queries scored against the whole pool at once: a [chunk, N] float32 block in memory.
 QUERY_CHUNK = 1024

@@ -1,6 +1,6 @@
 """The joint-fraction study's measurements: what a trained run scores, and how it uses the labs.
 
-Pure model-and-dataset measures, no MIMIC and no synthetic truth (app/study.py makes the
+Pure model-and-dataset measures, no MIMIC and no synthetic truth (app/workflows/study.py makes the
 cohorts; benchmarks/recipe_search.py adds probes against the synthetic truth):
 
 - `measure_split`: top-1 among the K candidates with the full query, with every lab masked
@@ -24,11 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from symile_clinical.dataset_dir import DatasetDir
-from symile_clinical.embedding import SplitEmbeddings, embed_masked_labs, embed_split
 from symile_clinical.errors import SymileClinicalError
-from symile_clinical.retrieval import rank_queries, top1_correct
-from symile_clinical.runs import RunDir
+from symile_clinical.evaluation.embedding import SplitEmbeddings, embed_masked_labs, embed_split
+from symile_clinical.evaluation.retrieval import rank_queries, top1_correct
+from symile_clinical.formats.dataset_dir import DatasetDir
+from symile_clinical.formats.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ def cell_config(
     with its encoders started from `encoder_weights` when given."""
     import dataclasses as dc
 
-    from symile_clinical.config import load_config
+    from symile_clinical.training.config import load_config
 
     config = load_config(cell.recipe)
     changes: dict[str, Any] = {"objective": cell.objective, "seed": cell.seed, "device": "cpu"}
@@ -189,10 +189,10 @@ def run_cell(
     back. Runs with one torch thread: the study runs cells side by side instead."""
     import torch
 
-    from symile_clinical.atomic import write_json_atomic
-    from symile_clinical.checkpoint import file_sha256
-    from symile_clinical.config import config_to_dict
-    from symile_clinical.train import train
+    from symile_clinical.formats.atomic import write_json_atomic
+    from symile_clinical.formats.checkpoint import file_sha256
+    from symile_clinical.training.config import config_to_dict
+    from symile_clinical.training.trainer import train
 
     torch.set_num_threads(1)
     run = RunDir(Path(runs_root) / cell.key)
@@ -373,7 +373,7 @@ def plot_accuracy_vs_fraction(summary: dict[str, Any]) -> bytes:
     """PNG: mean test top-1 against the joint fraction, per objective, with CI error bars."""
     from matplotlib.figure import Figure
 
-    from symile_clinical.report import figure_to_png
+    from symile_clinical.evaluation.report import figure_to_png
 
     figure = Figure(figsize=(5.5, 3.8))
     axes = figure.add_subplot()
@@ -400,7 +400,11 @@ def write_study_report(out: str | Path, summary: dict[str, Any], command: str) -
     import base64
     import html
 
-    from symile_clinical.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
+    from symile_clinical.formats.atomic import (
+        write_bytes_atomic,
+        write_json_atomic,
+        write_text_atomic,
+    )
 
     folder = Path(out) / "report"
     png = plot_accuracy_vs_fraction(summary)

@@ -34,16 +34,16 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
 
-from symile_clinical.bootstrap import bootstrap_mean, bootstrap_means
-from symile_clinical.losses import clip_loss, symile_loss
-from symile_clinical.report import (
+from symile_clinical.evaluation.bootstrap import bootstrap_mean, bootstrap_means
+from symile_clinical.evaluation.report import (
     figure_to_png,
     write_bytes_atomic,
     write_json_atomic,
     write_text_atomic,
 )
-from symile_clinical.retrieval import top1_correct, true_item_ranks
-from symile_clinical.similarity import score_fn
+from symile_clinical.evaluation.retrieval import top1_correct, true_item_ranks
+from symile_clinical.objective.losses import clip_loss, symile_loss
+from symile_clinical.objective.similarity import score_fn
 
 log = logging.getLogger(__name__)
 

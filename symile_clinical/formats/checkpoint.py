@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from symile_clinical.atomic import atomic_path
 from symile_clinical.errors import SymileClinicalError
+from symile_clinical.formats.atomic import atomic_path
 
 CHECKPOINT_FORMAT = 1
 

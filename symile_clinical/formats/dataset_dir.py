@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from symile_clinical.errors import SymileClinicalError
-from symile_clinical.format_dir import FormatDir
+from symile_clinical.formats.folder import FormatDir
 
 if TYPE_CHECKING:
     import torch
@@ -219,7 +219,7 @@ class DatasetDir(FormatDir):
 
     def sha256(self) -> str:
         """Hex SHA-256 of dataset.json: what an index or a demo step records as "this data"."""
-        from symile_clinical.checkpoint import file_sha256
+        from symile_clinical.formats.checkpoint import file_sha256
 
         return file_sha256(self.dataset_json_path)
 

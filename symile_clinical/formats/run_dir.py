@@ -4,7 +4,7 @@
 RUN/
   config.json  metrics.jsonl  compare.json  study_result.json  tensorboard/
   checkpoints/last.pt  checkpoints/last.prev.pt  checkpoints/best.pt
-  index/   (symile_clinical.index)      report/   (symile_clinical.report)
+  index/   (symile_clinical.search.index)      report/   (symile_clinical.evaluation.report)
 ```
 
 `RunDir` names every file, reads and writes config.json (which records the run's dataset
@@ -23,12 +23,22 @@ from pathlib import Path
 import torch
 
 from models import SymileModel, build_model
-from symile_clinical.atomic import write_json_atomic
-from symile_clinical.checkpoint import CheckpointError, file_sha256, load_checkpoint, previous_path
-from symile_clinical.config import ConfigError, TrainConfig, config_from_dict, config_to_dict
-from symile_clinical.dataset_dir import DatasetDir
 from symile_clinical.errors import SymileClinicalError
-from symile_clinical.format_dir import FormatDir
+from symile_clinical.formats.atomic import write_json_atomic
+from symile_clinical.formats.checkpoint import (
+    CheckpointError,
+    file_sha256,
+    load_checkpoint,
+    previous_path,
+)
+from symile_clinical.formats.dataset_dir import DatasetDir
+from symile_clinical.formats.folder import FormatDir
+from symile_clinical.training.config import (
+    ConfigError,
+    TrainConfig,
+    config_from_dict,
+    config_to_dict,
+)
 
 log = logging.getLogger(__name__)
 
@@ -103,25 +113,25 @@ class RunDir(FormatDir):
 
     @property
     def index_dir(self) -> Path:
-        """RUN/index/ (its files: symile_clinical.index)."""
+        """RUN/index/ (its files: symile_clinical.search.index)."""
         return self.path / self.INDEX
 
     @property
     def report_dir(self) -> Path:
-        """RUN/report/ (its files: symile_clinical.report)."""
+        """RUN/report/ (its files: symile_clinical.evaluation.report)."""
         return self.path / self.REPORT
 
     @property
     def report_metrics(self) -> Path:
         """RUN/report/metrics.json, written last by `evaluate` (its presence: a whole report)."""
-        from symile_clinical.report import METRICS_FILE
+        from symile_clinical.evaluation.report import METRICS_FILE
 
         return self.report_dir / METRICS_FILE
 
     @property
     def report_markdown(self) -> Path:
         """RUN/report/report.md, the report the app shows."""
-        from symile_clinical.report import MARKDOWN_FILE
+        from symile_clinical.evaluation.report import MARKDOWN_FILE
 
         return self.report_dir / MARKDOWN_FILE
 

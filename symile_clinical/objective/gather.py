@@ -1,7 +1,4 @@
-"""Distributed training's two parts: the world a process joins, and the losses' gather.
-
-`joined_world` joins the process group that torchrun launches (WORLD_SIZE > 1) and says where
-this process stands in it (`World`: rank, world size, local rank); the trainer runs inside it.
+"""The losses' gather: every rank's embeddings, with gradients, so negatives are global.
 
 With data-parallel training each rank holds B local rows of every modality. A contrastive loss
 wants its negatives from the global batch, so each rank gathers all ranks' embeddings
@@ -14,10 +11,6 @@ the gradient of the single-process loss on the concatenated batch, (1/W) sum_r' 
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
@@ -38,55 +31,6 @@ def world_info() -> WorldInfo:
     if dist.is_available() and dist.is_initialized():
         return WorldInfo(dist.get_rank(), dist.get_world_size())
     return WorldInfo(0, 1)
-
-
-@dataclass(frozen=True)
-class World:
-    """WorldInfo plus what a launched process needs: its GPU index on its node (LOCAL_RANK)
-    and whether it joined the process group itself (and so must leave it)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    initialised_here: bool = False
-
-    @property
-    def is_main(self) -> bool:
-        """Rank 0: the one process that writes files and logs."""
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        """Wait for every rank (no-op in a single process)."""
-        if self.world_size > 1:
-            dist.barrier()
-
-
-def join_world(cuda: bool) -> World:
-    """Join torchrun's process group (nccl on CUDA, gloo on CPU) when WORLD_SIZE > 1; a single
-    process (no torchrun) is World() and joins nothing."""
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        return World()
-    initialised_here = False
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
-        initialised_here = True
-    return World(
-        dist.get_rank(),
-        dist.get_world_size(),
-        int(os.environ.get("LOCAL_RANK", "0")),
-        initialised_here,
-    )
-
-
-@contextmanager
-def joined_world(cuda: bool) -> Iterator[World]:
-    """`join_world(cuda)` for the block; a process group joined here is left at its end."""
-    world = join_world(cuda)
-    try:
-        yield world
-    finally:
-        if world.initialised_here:
-            dist.destroy_process_group()
 
 
 class _GatherWithGrad(torch.autograd.Function):

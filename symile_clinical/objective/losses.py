@@ -57,7 +57,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from symile_clinical.distributed import check_same_rows, gather_with_grad, world_info
+from symile_clinical.objective.gather import check_same_rows, gather_with_grad, world_info
 
 Negatives = Literal["n", "n_squared", "conditional"]
 

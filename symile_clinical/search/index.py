@@ -4,7 +4,7 @@ Symile scores a triple by the multilinear inner product, MIP(e, l, c) = <e * l, 
 query (ECG embedding e, labs embedding l) the whole pool is ranked by one matrix product
 with the query vector q = e * l. Pairwise CLIP scores a candidate by the sum of its dot
 products with each query modality, <e, c> + <l, c> = <e + l, c>, so its query vector is
-q = e + l (the same scores as symile_clinical.similarity). Exact search by matrix product is the
+q = e + l (the same scores as objective.similarity). Exact search by matrix product is the
 default; an optional faiss backend (flat, or approximate: an HNSW graph or IVF lists, both
 searching by inner product itself) serves pools of millions, tuned and reported by its
 recall against exact search.
@@ -33,12 +33,12 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from symile_clinical.atomic import atomic_directory
-from symile_clinical.dataset_dir import DatasetDir, SplitArrays
-from symile_clinical.embedding import embed_cxr_pool
 from symile_clinical.errors import SymileClinicalError
-from symile_clinical.runs import LoadedRun, RunDir
-from symile_clinical.similarity import query_vector
+from symile_clinical.evaluation.embedding import embed_cxr_pool
+from symile_clinical.formats.atomic import atomic_directory
+from symile_clinical.formats.dataset_dir import DatasetDir, SplitArrays
+from symile_clinical.formats.run_dir import LoadedRun, RunDir
+from symile_clinical.objective.similarity import query_vector
 
 log = logging.getLogger(__name__)
 

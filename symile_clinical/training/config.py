@@ -27,7 +27,7 @@ from models import ModelConfig
 from symile_clinical.errors import SymileClinicalError
 
 if TYPE_CHECKING:
-    from symile_clinical.dataset_dir import SplitArrays
+    from symile_clinical.formats.dataset_dir import SplitArrays
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -72,7 +72,7 @@ class TrainConfig:
     `lab_dropout`: probability of marking each observed lab missing during training;
     `augment_*`: training-time ECG roll (samples), ECG per-lead log gain, CXR translation
     (pixels), ECG, CXR and lab noise (standard deviations), CXR log gain; see
-    symile_clinical/augment.py (0: off);
+    symile_clinical/training/augment.py (0: off);
     `patience`: epochs without a better val accuracy before stopping (0: never stop early);
     `max_steps`: stop after this many optimiser steps in total (None: all epochs);
     `cxr_weights`: a local torchvision-style ResNet state dict for the CXR backbone;
@@ -203,7 +203,7 @@ def demo_config() -> TrainConfig:
       beside the three-way term; without them the labs embedding collapses (L2) or carries
       little (LayerNorm at 0), and Symile ignores the labs.
     - "conditional" negatives: each (ECG, labs) query against the batch's CXRs and back,
-      the negatives retrieval meets (symile_clinical/losses.py).
+      the negatives retrieval meets (symile_clinical/objective/losses.py).
     - augmentation (ECG roll up to 1 s, per-lead gain +-10%, CXR shift up to 4 px): Symile
       memorises 872 admissions within a few epochs without it.
     """

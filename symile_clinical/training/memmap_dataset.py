@@ -1,7 +1,7 @@
 """The training data: a dataset split as a torch Dataset over its memmapped arrays.
 
 The dataset directory itself (file names, dataset.json, splits, candidates) is
-`symile_clinical.dataset_dir`; this module only adapts a split to torch's DataLoader.
+`symile_clinical.formats.dataset_dir`; this module only adapts a split to torch's DataLoader.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from symile_clinical.dataset_dir import DatasetDir, SplitArrays
+from symile_clinical.formats.dataset_dir import DatasetDir, SplitArrays
 
 
 class MemmapDataset(Dataset):

@@ -42,9 +42,11 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from models import SymileModel, WeightsError, build_model
-from symile_clinical.atomic import remove_stale_temporaries, write_text_atomic
-from symile_clinical.augment import augment, augmentation_of, drop_labs
-from symile_clinical.checkpoint import (
+from symile_clinical.errors import SymileClinicalError
+from symile_clinical.evaluation.embedding import SplitEmbeddings, autocast, embed_split, to_device
+from symile_clinical.evaluation.retrieval import rank_queries
+from symile_clinical.formats.atomic import remove_stale_temporaries, write_text_atomic
+from symile_clinical.formats.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
     check_model_shapes,
@@ -52,15 +54,18 @@ from symile_clinical.checkpoint import (
     previous_path,
     save_checkpoint,
 )
-from symile_clinical.config import ConfigError, TrainConfig, config_to_dict, fit_model_to_data
-from symile_clinical.data import MemmapDataset
-from symile_clinical.dataset_dir import CandidateSets, DatasetDir
-from symile_clinical.distributed import World, joined_world
-from symile_clinical.embedding import SplitEmbeddings, autocast, embed_split, to_device
-from symile_clinical.errors import SymileClinicalError
-from symile_clinical.losses import clip_loss, symile_loss
-from symile_clinical.retrieval import rank_queries
-from symile_clinical.runs import RunDir
+from symile_clinical.formats.dataset_dir import CandidateSets, DatasetDir
+from symile_clinical.formats.run_dir import RunDir
+from symile_clinical.objective.losses import clip_loss, symile_loss
+from symile_clinical.training.augment import augment, augmentation_of, drop_labs
+from symile_clinical.training.config import (
+    ConfigError,
+    TrainConfig,
+    config_to_dict,
+    fit_model_to_data,
+)
+from symile_clinical.training.distributed import World, joined_world
+from symile_clinical.training.memmap_dataset import MemmapDataset
 
 log = logging.getLogger(__name__)
 

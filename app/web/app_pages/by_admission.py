@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import views
-from app.queries import rank_candidates
+from app.web import views
+from app.web.queries import rank_candidates
 
 PAPER_POOL = "The paper's candidates"
 WHOLE_INDEX = "The whole index"

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from app import views
-from app.figures import ecg_png
-from app.queries import Query, labs_table, masked_lab_queries
-from app.tables import labs_markdown
-from app.uploads import (
+from app.web import views
+from app.web.figures import ecg_png
+from app.web.markdown import labs_markdown
+from app.web.queries import Query, labs_table, masked_lab_queries
+from app.web.uploads import (
     MAX_UPLOAD_MB,
     UploadedEcg,
     UploadError,
@@ -17,7 +17,7 @@ from app.uploads import (
     read_ecg_upload,
     read_labs_csv,
 )
-from symile_clinical.embedding import embed_query
+from symile_clinical.evaluation.embedding import embed_query
 
 
 @st.cache_data(max_entries=8, show_spinner="Reading the ECG record ...")

@@ -1,4 +1,4 @@
-"""The run's evaluation report (symile_clinical.report's Markdown and its plots)."""
+"""The run's evaluation report (symile_clinical.evaluation.report's Markdown and its plots)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import re
 
 import streamlit as st
 
-from app import views
+from app.web import views
 
 IMAGE = re.compile(r"!\[(?P<alt>[^\]]*)\]\((?P<src>[^)\s]+)\)")
 

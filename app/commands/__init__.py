@@ -1,0 +1,1 @@
+"""Argparse for the app package's commands, one module per command."""

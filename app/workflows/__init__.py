@@ -1,0 +1,1 @@
+"""Workflows that tie preprocessing to training: the demo, the study, the release import."""

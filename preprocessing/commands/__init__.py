@@ -1,0 +1,1 @@
+"""Argparse for the preprocessing commands (synth, preprocess), one module per command."""

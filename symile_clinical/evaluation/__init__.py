@@ -1,0 +1,1 @@
+"""Evaluation: embedding, retrieval, bootstrap intervals, the evaluation report."""

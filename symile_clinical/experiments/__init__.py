@@ -1,0 +1,1 @@
+"""Experiments: the XOR reproduction and the study's cells."""

@@ -1,0 +1,1 @@
+"""On-disk formats: dataset and run directories, checkpoints (ours and Lightning), atomic writes."""

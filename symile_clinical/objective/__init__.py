@@ -1,0 +1,1 @@
+"""The objective: Symile and CLIP losses, similarity scores, the gather with gradients."""

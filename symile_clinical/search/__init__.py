@@ -1,0 +1,1 @@
+"""Search: the candidate CXR index (exact inner product, optional faiss)."""

@@ -1,0 +1,1 @@
+"""Training: config, memmap data, augmentation, the trainer, encoder pretraining."""
