@@ -9,7 +9,7 @@ from importlib.metadata import entry_points
 from symile_clinical.cli import COMMAND_GROUP, build_parser, main
 
 EXPECTED = {"synth", "preprocess", "train", "evaluate", "reproduce-xor", "index", "app", "demo"}
-EXPECTED |= {"import-release", "compare-cohort", "study", "pretrain"}
+EXPECTED |= {"import-release", "compare-cohort", "study", "pretrain", "labels"}
 
 
 def test_every_subcommand_is_declared() -> None:

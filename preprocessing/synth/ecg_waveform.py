@@ -15,6 +15,8 @@ bit 2 terminal R' in V1 (RSR'), bit 3 long PR (first-degree AV block).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from preprocessing.layout import ECG_SAMPLES, ECG_SAMPLING_HZ, MIMIC_ECG_LEADS
@@ -73,10 +75,50 @@ def _beat_times(rng: np.random.Generator, rate: float, irregular: bool, duration
     return np.array(times), np.array(rrs)
 
 
+@dataclass(frozen=True)
+class BeatParameters:
+    """What one generated ECG's beats are made of: the hidden truth a cart measures.
+
+    Times are seconds relative to each QRS centre (the Gaussians of synthesize_ecg: a
+    wave spans its centre +- 2.5 widths); axes in degrees, frontal plane.
+    """
+
+    heart_rate: float  # beats per minute
+    irregular: bool  # atrial fibrillation: no P wave, irregular RR
+    paced: bool
+    p_onset: float | None  # None: no P wave (atrial fibrillation, paced)
+    p_end: float | None
+    qrs_onset: float
+    qrs_end: float
+    t_end: float
+    qrs_axis_deg: float
+    t_axis_deg: float
+    t_inversion_v1_v3: bool
+    rsr_prime_v1: bool
+    lvh_voltage: bool
+    lateral_strain: bool
+    st_elevation: str  # "" | "inferior" | "anterior"
+    peaked_t: bool
+    flat_t_u_wave: bool
+    baseline_wander_mv: float  # largest per-lead wander amplitude
+    noise_mv: float  # white-noise standard deviation
+
+
 def synthesize_ecg(
     rng: np.random.Generator, patient: PatientTraits, state: AdmissionState
 ) -> np.ndarray:
     """One 10 s ECG: float32 [5000, 12] in mV, leads in MIMIC order (aVF before aVL)."""
+    return synthesize_ecg_with_beats(rng, patient, state)[0]
+
+
+def _wave_span(centre: float, width: float) -> tuple[float, float]:
+    return centre - 2.5 * width, centre + 2.5 * width
+
+
+def synthesize_ecg_with_beats(
+    rng: np.random.Generator, patient: PatientTraits, state: AdmissionState
+) -> tuple[np.ndarray, BeatParameters]:
+    """synthesize_ecg's signal and the parameters its beats were drawn with (same draws)."""
     duration = ECG_SAMPLES / ECG_SAMPLING_HZ
     t = np.arange(ECG_SAMPLES) / ECG_SAMPLING_HZ
     e0, e1, e2, e3 = state.ecg_bits
@@ -95,15 +137,22 @@ def synthesize_ecg(
     lvh = 2.0 if patient.hypertension_lvh else 1.0
     qt = 0.41 * np.sqrt(60.0 / state.heart_rate)  # Bazett, QTc about 410 ms
 
+    strain = False
+    p_span: tuple[float, float] | None = None
     if state.paced:
         # Ventricular pacing: spike, then a wide LBBB-like complex with discordant T.
         wave(qrs_times - 0.05, 0.002, 2.5, _unit((0.2, 0.9, -0.3)))
         wave(qrs_times, 0.03, 1.3, _unit((0.8, -0.3, -0.55)))
         wave(qrs_times + qt * 0.75, 0.06, 0.45, _unit((-0.7, 0.3, 0.6)))
+        qrs_span = _wave_span(0.0, 0.03)
+        t_end = _wave_span(qt * 0.75, 0.06)[1]
+        qrs_axis_deg = float(np.degrees(np.arctan2(-0.3, 0.8)))
+        t_axis_deg = float(np.degrees(np.arctan2(0.3, -0.7)))
     else:
         if not state.atrial_fibrillation:
             pr = 0.25 if e3 else 0.145
             wave(qrs_times - pr, 0.022, 0.14, _unit((0.45, 0.85, 0.25)))
+            p_span = _wave_span(-pr, 0.022)
         wave(qrs_times - 0.022 * qrs_scale, 0.008 * qrs_scale, 0.15, _unit((-0.6, 0.1, 0.8)))
         wave(qrs_times, 0.012 * qrs_scale, 1.1 * lvh, r_vec)
         wave(
@@ -122,7 +171,15 @@ def synthesize_ecg(
         )
         if patient.hypertension_lvh and rng.random() < 0.5:  # strain: lateral T inversion
             t_vec[0] -= 1.2
+            strain = True
         wave(qrs_times + qt * 0.72, t_width, t_amp, _unit(tuple(t_vec)))
+        qrs_end = _wave_span(0.022 * qrs_scale, 0.010 * qrs_scale)[1]
+        if e2:
+            qrs_end = max(qrs_end, _wave_span(0.045 * qrs_scale, 0.011)[1])
+        qrs_span = (_wave_span(-0.022 * qrs_scale, 0.008 * qrs_scale)[0], qrs_end)
+        t_end = _wave_span(qt * 0.72, t_width)[1]
+        qrs_axis_deg = float(np.rad2deg(axis))
+        t_axis_deg = float(np.degrees(np.arctan2(t_vec[1], t_vec[0])))
         if state.myocardial_infarction:  # ST elevation towards the injured territory
             st_vec = _unit(
                 (0.0, 1.0, 0.1) if state.mi_territory == "inferior" else (0.1, -0.2, 1.0)
@@ -153,8 +210,30 @@ def synthesize_ecg(
         vcg += np.outer(f, _unit((0.1, 0.5, 0.85)))
 
     leads = vcg @ LEAD_MATRIX.T * patient.lead_gain[None, :]
-    leads += _recording_noise(rng, t)
-    return _derive_limb_leads(leads).astype(np.float32)
+    noise, wander_mv, noise_mv = _recording_noise(rng, t)
+    leads += noise
+    beats = BeatParameters(
+        heart_rate=float(state.heart_rate),
+        irregular=bool(state.atrial_fibrillation),
+        paced=bool(state.paced),
+        p_onset=None if p_span is None else float(p_span[0]),
+        p_end=None if p_span is None else float(p_span[1]),
+        qrs_onset=float(qrs_span[0]),
+        qrs_end=float(qrs_span[1]),
+        t_end=float(t_end),
+        qrs_axis_deg=qrs_axis_deg,
+        t_axis_deg=t_axis_deg,
+        t_inversion_v1_v3=bool(e0) and not state.paced,
+        rsr_prime_v1=bool(e2) and not state.paced,
+        lvh_voltage=bool(patient.hypertension_lvh) and not state.paced,
+        lateral_strain=strain,
+        st_elevation=state.mi_territory if state.myocardial_infarction and not state.paced else "",
+        peaked_t=state.potassium > 5.5 and not state.paced,
+        flat_t_u_wave=state.potassium < 3.4 and not state.paced,
+        baseline_wander_mv=wander_mv,
+        noise_mv=noise_mv,
+    )
+    return _derive_limb_leads(leads).astype(np.float32), beats
 
 
 def _derive_limb_leads(leads: np.ndarray) -> np.ndarray:
@@ -168,8 +247,9 @@ def _derive_limb_leads(leads: np.ndarray) -> np.ndarray:
     return leads
 
 
-def _recording_noise(rng: np.random.Generator, t: np.ndarray) -> np.ndarray:
-    """[samples, 12] mV: baseline wander, mains hum and white noise."""
+def _recording_noise(rng: np.random.Generator, t: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """[samples, 12] mV of baseline wander, mains hum and white noise; largest wander
+    amplitude (mV) and the white noise's standard deviation (mV)."""
     n_leads = len(MIMIC_ECG_LEADS)
     wander_amp = rng.uniform(0.0, 0.25) * rng.uniform(0.3, 1.0, size=n_leads)
     wander_hz = rng.uniform(0.05, 0.5, size=(2, 1))
@@ -184,7 +264,7 @@ def _recording_noise(rng: np.random.Generator, t: np.ndarray) -> np.ndarray:
     hum = rng.uniform(0, 0.02) * np.sin(2 * np.pi * 60.0 * t + rng.uniform(0, 6))[:, None]
     sigma = rng.uniform(0.005, 0.025)
     white = rng.standard_normal((len(t), n_leads), dtype=np.float32) * np.float32(sigma)
-    return wander + hum + white
+    return wander + hum + white, float(wander_amp.max()), float(sigma)
 
 
 def to_digital(signal_mv: np.ndarray) -> np.ndarray:

@@ -23,6 +23,11 @@ from tqdm import tqdm
 from preprocessing import layout
 from preprocessing.errors import SynthError
 from preprocessing.lab_catalog import LAB_ITEMS
+from preprocessing.label_sources.chexpert import CHEXPERT_COLUMNS, CHEXPERT_FILE, NEGBIO_FILE
+from preprocessing.label_sources.ecg_statements import (
+    MACHINE_MEASUREMENTS_COLUMNS,
+    MACHINE_MEASUREMENTS_FILE,
+)
 from preprocessing.synth import corrupt
 from preprocessing.synth.config import SynthConfig, SynthSummary
 from preprocessing.synth.patient_records import (
@@ -231,6 +236,9 @@ def _write_tables(root: layout.MimicRoot, out: Path, rows: PatientRows) -> dict[
         "cxr_metadata": root.cxr / layout.CXR_METADATA_FILE,
         "truth": out / TRUTH_FILE,
         "corrupted": out / CORRUPTED_FILE,
+        "machine_measurements": root.ecg / MACHINE_MEASUREMENTS_FILE,
+        "chexpert": root.cxr / CHEXPERT_FILE,
+        "negbio": root.cxr / NEGBIO_FILE,
     }
     tables = {
         "patients": (rows.patients, layout.PATIENTS_COLUMNS),
@@ -244,6 +252,9 @@ def _write_tables(root: layout.MimicRoot, out: Path, rows: PatientRows) -> dict[
         "cxr_metadata": (rows.cxr_metadata, layout.CXR_METADATA_COLUMNS),
         "truth": (rows.truth, TRUTH_COLUMNS),
         "corrupted": (rows.corrupted, corrupt.CORRUPTED_COLUMNS),
+        "machine_measurements": (rows.machine_measurements, MACHINE_MEASUREMENTS_COLUMNS),
+        "chexpert": (rows.chexpert, CHEXPERT_COLUMNS),
+        "negbio": (rows.negbio, CHEXPERT_COLUMNS),
     }
     for name, (data, columns) in tables.items():
         write_table(files[name], pd.DataFrame(data, columns=list(columns)), columns)

@@ -25,9 +25,10 @@ import numpy as np
 
 from preprocessing import layout
 from preprocessing.lab_catalog import lab_by_itemid
-from preprocessing.synth import corrupt, dicom_writer
+from preprocessing.label_sources.radiology_reports import report_path
+from preprocessing.synth import corrupt, dicom_writer, error_rates
 from preprocessing.synth.cxr_phantom import render_chest
-from preprocessing.synth.ecg_waveform import synthesize_ecg
+from preprocessing.synth.ecg_waveform import synthesize_ecg_with_beats
 from preprocessing.synth.labs_generator import (
     PANELS,
     SPECIMEN_OF_PANEL,
@@ -36,6 +37,8 @@ from preprocessing.synth.labs_generator import (
     lab_draws,
     lab_values,
 )
+from preprocessing.synth.machine_statements import machine_measurements_row
+from preprocessing.synth.radiology_report import labeler_row, write_report
 from preprocessing.synth.state import (
     N_MARKERS,
     AdmissionState,
@@ -46,6 +49,9 @@ from preprocessing.synth.state import (
 from preprocessing.synth.wfdb_writer import write_ecg_record
 
 PATIENT_STREAM, ADMISSION_STREAM = 0, 1
+# The label sources' error model draws from its own stream, so that adding it changed no
+# byte of the files written before it (2 is plan_cohort's, 99 the identifiers').
+LABEL_SOURCE_STREAM = 3
 MAX_ADMISSIONS_PER_PATIENT = 4
 ECGS_PER_ADMISSION = 4  # id slots reserved per admission
 CXR_STUDIES_PER_ADMISSION = 2
@@ -144,6 +150,9 @@ class PatientRows:
     cxr_metadata: list[tuple] = field(default_factory=list)
     truth: list[tuple] = field(default_factory=list)
     corrupted: list[tuple] = field(default_factory=list)
+    machine_measurements: list[tuple] = field(default_factory=list)
+    chexpert: list[tuple] = field(default_factory=list)
+    negbio: list[tuple] = field(default_factory=list)
 
     def extend(self, other: PatientRows) -> None:
         """Append another group's rows after this group's."""
@@ -275,6 +284,7 @@ class _Admission:
     ctx: SimContext
     root: layout.MimicRoot
     rng: np.random.Generator
+    label_rng: np.random.Generator  # the label sources' error model (LABEL_SOURCE_STREAM)
     patient: PatientTraits
     state: AdmissionState
     subject_id: int
@@ -306,6 +316,9 @@ def _simulate_admission(
         ctx=ctx,
         root=layout.MimicRoot(ctx.root),
         rng=rng,
+        label_rng=np.random.default_rng(
+            np.random.SeedSequence(ctx.seed, spawn_key=(LABEL_SOURCE_STREAM, adm_index))
+        ),
         patient=patient,
         state=state,
         subject_id=subject_id,
@@ -365,9 +378,12 @@ def _write_ecgs(out: PatientRows, adm: _Admission, timing: str) -> tuple[int, li
     for j, h in enumerate(hours):
         study_id = adm.ctx.ids.ecg_study(40_000_000, adm.index * ECGS_PER_ADMISSION + j)
         ecg_time = _hours(adm.admittime, h)
-        signal = synthesize_ecg(rng, adm.patient, adm.state)
+        signal, beats = synthesize_ecg_with_beats(rng, adm.patient, adm.state)
         rel = write_ecg_record(adm.root.ecg, adm.subject_id, study_id, ecg_time, signal)
         out.ecg_records.append((adm.subject_id, study_id, study_id, _fmt(ecg_time), rel))
+        out.machine_measurements.append(
+            machine_measurements_row(adm.label_rng, beats, adm.subject_id, study_id, _fmt(ecg_time))
+        )
         if j == 0:
             first_study = study_id
             if adm.corrupt_kind in corrupt.ECG_KINDS:
@@ -628,4 +644,15 @@ def _write_cxr_study(
         )
         if i == 0:
             frontal_id = dicom_id
+    _write_report(out, adm, study_id, frontal_view)
     return frontal_id
+
+
+def _write_report(out: PatientRows, adm: _Admission, study_id: int, view: str) -> None:
+    """The study's report file and its CheXpert and NegBio rows (label-source draws only)."""
+    report = write_report(adm.label_rng, adm.state, view)
+    path = adm.root.cxr / report_path(adm.subject_id, study_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(report.text(view))
+    for rows, f1 in ((out.chexpert, error_rates.CHEXPERT_F1), (out.negbio, error_rates.NEGBIO_F1)):
+        rows.append((adm.subject_id, study_id, *labeler_row(adm.label_rng, report, f1)))
