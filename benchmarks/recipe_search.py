@@ -23,7 +23,6 @@ most --jobs processes (default 2).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import math
@@ -127,6 +126,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
 
 def variant_config(name: str, seed: int) -> Any:
     """The TrainConfig of a variant (see VARIANTS; "a+b" joins variants' overrides)."""
+    from symile_clinical.formats.run_config import config_from_dict
     from symile_clinical.training.config import load_config
 
     preset, train, model = "search-base", {}, {}
@@ -135,11 +135,10 @@ def variant_config(name: str, seed: int) -> Any:
             raise SystemExit(f"unknown variant {part!r}; known: {', '.join(VARIANTS)}")
         p, t, m = VARIANTS[part]
         preset, train, model = p, {**train, **t}, {**model, **m}
-    base = load_config(preset)
-    config = dataclasses.replace(
-        base, model=dataclasses.replace(base.model, **model), **train, seed=seed, device="cpu"
-    )
-    return dataclasses.replace(config, preset=name)
+    # The variants spell augmentation amounts as flat augment_* keys, which config_from_dict
+    # reads into TrainConfig.augmentation.
+    overrides = {**train, "model": model, "seed": seed, "device": "cpu", "preset": name}
+    return config_from_dict(overrides, source=name, base=load_config(preset))
 
 
 def truth_for(cohort: Path, split: str) -> Any:

@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.results_file import machine_description, update_section
 from models import build_model
-from symile_clinical.training.config import TrainConfig, demo_config, paper_config
+from symile_clinical.formats.run_config import TrainConfig
+from symile_clinical.training.config import demo_config, paper_config
 from symile_clinical.training.trainer import TrainStep, train_step
 
 N_LABS = 50

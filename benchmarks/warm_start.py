@@ -48,8 +48,9 @@ from symile_clinical.experiments.study_cells import (
     split_embeddings,
 )
 from symile_clinical.formats.dataset_dir import DatasetDir
+from symile_clinical.formats.run_config import Augmentation
 from symile_clinical.formats.run_dir import RunDir
-from symile_clinical.training.augment import Augmentation, augment, drop_labs
+from symile_clinical.training.augment import augment, drop_labs
 from symile_clinical.training.config import load_config
 from symile_clinical.training.pretrain import batch_inputs, encode, pretrain_encoders
 from symile_clinical.training.trainer import fit_model_to_data, train

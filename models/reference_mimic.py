@@ -23,6 +23,9 @@ ImageNet-normalised channels. Symile's score is exp(logit_scale) * <r_ecg * r_la
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -149,3 +152,33 @@ class SymileMIMICReference(ThreeModalityModel):
     def encode_cxr(self, cxr: torch.Tensor) -> torch.Tensor:
         """CXR float32 [B, 1, S, S] in [0, 1] -> [B, d]."""
         return self.cxr_encoder(cxr_to_reference(cxr, self.cxr_size))
+
+
+@dataclass(frozen=True)
+class ReferenceShape:
+    """What a SymileMIMICReference state dict says of its model: d, the number of labs L and
+    the learned log logit scale."""
+
+    embed_dim: int
+    n_labs: int
+    logit_scale: float
+
+
+# The weights that give the shape away: fc3 is [d, 1024], fc1 is [256, 2L].
+_LABS_OUT = "labs_encoder.fc3.weight"
+_LABS_IN = "labs_encoder.fc1.weight"
+_LOGIT_SCALE = "logit_scale"
+
+
+def reference_shape(state_dict: Mapping[str, torch.Tensor]) -> ReferenceShape:
+    """The shape of the SymileMIMICReference a state dict holds (its d and lab count, read
+    off the labs encoder's first and last layers); KeyError naming the first missing weight
+    when it is not one."""
+    for key in (_LABS_OUT, _LABS_IN, _LOGIT_SCALE):
+        if key not in state_dict:
+            raise KeyError(key)
+    return ReferenceShape(
+        embed_dim=int(state_dict[_LABS_OUT].shape[0]),
+        n_labs=int(state_dict[_LABS_IN].shape[1]) // 2,
+        logit_scale=float(state_dict[_LOGIT_SCALE]),
+    )

@@ -133,11 +133,11 @@ class SymileModel(ThreeModalityModel):
         return self.cxr_projection(self.cxr_encoder(cxr))
 
 
-def _build(config: ModelConfig) -> SymileModel:
+def _build(config: ModelConfig) -> ThreeModalityModel:
     if config.arch == "symile_mimic_reference":
         from models.reference_mimic import SymileMIMICReference
 
-        return SymileMIMICReference(  # the same interface as SymileModel
+        return SymileMIMICReference(
             embed_dim=config.embed_dim,
             n_labs=config.n_labs,
             cxr_size=config.cxr_size,
@@ -152,12 +152,13 @@ def build_model(
     seed: int | None = None,
     cxr_weights: Path | None = None,
     encoder_weights: Path | None = None,
-) -> SymileModel:
-    """Build a SymileModel; with `seed`, initialise it reproducibly without touching global RNG.
+) -> ThreeModalityModel:
+    """Build config.arch's model: a SymileModel, or for "symile_mimic_reference" the published
+    architecture (SymileMIMICReference); both have ThreeModalityModel's interface. With
+    `seed`, initialise it reproducibly without touching global RNG.
 
     nn.Module initialisers draw from torch's global generator and take no generator
     argument, so the seeded build runs inside `fork_rng`, which restores the caller's state.
-    `config.arch` "symile_mimic_reference" builds the published architecture instead.
     """
     if seed is None:
         model = _build(config)

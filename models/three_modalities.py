@@ -11,9 +11,13 @@ LOGIT_SCALE_MAX = math.log(100.0)  # CLIP clamps exp(scale) at 100; the trainer 
 
 
 class ThreeModalityModel(nn.Module):
-    """Base of the ECG + labs + CXR models: subclasses define `encode_ecg`, `encode_labs`,
-    `encode_cxr` and the parameter `logit_scale` (log scale); forward and the clamp are here."""
+    """Base of the ECG + labs + CXR models (SymileModel, SymileMIMICReference): subclasses
+    define the three encoder modules, `encode_ecg`, `encode_labs`, `encode_cxr` and the
+    parameter `logit_scale` (log scale); forward and the clamp are here."""
 
+    ecg_encoder: nn.Module
+    labs_encoder: nn.Module
+    cxr_encoder: nn.Module
     logit_scale: nn.Parameter
 
     def encode_ecg(self, ecg: torch.Tensor) -> torch.Tensor:

@@ -7,13 +7,18 @@ percentile is its mid-rank among those points,
     p(v) = (#{c < v} + #{c <= v}) / (2 * len(c))   in [0, 1],
 
 so that tied values (labs are reported at fixed precision) share the middle of their mass
-and the training percentiles average 0.5. A missing lab is filled with the training mean
-percentile (``fill_percentile``) and flagged 0 in ``observed`` (1 = observed, everywhere).
+and the training percentiles average 0.5. An imported Symile-MIMIC release records the
+reference's rule instead, ``percentile_rule = "ecdf_right"``: p(v) = #{c <= v} / len(c).
+Each rule sits here beside its inverse (`PERCENTILE_RULES`), which reads an approximate value
+back from a stored percentile (the app's "≈ value"); a spec's ``percentile_rule`` (default
+"mid_rank") chooses the pair. A missing lab is filled with the training mean percentile
+(``fill_percentile``) and flagged 0 in ``observed`` (1 = observed, everywhere).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -40,6 +45,74 @@ def mid_rank_percentile(values: np.ndarray, cdf_values: np.ndarray) -> np.ndarra
     below = np.searchsorted(cdf, values, side="left")
     at_or_below = np.searchsorted(cdf, values, side="right")
     return (below + at_or_below) / (2.0 * cdf.size)
+
+
+def ecdf_right_percentile(values: np.ndarray, cdf_values: np.ndarray) -> np.ndarray:
+    """Right-continuous empirical CDF, #{c <= v} / len(c), of `values` against sorted
+    `cdf_values` (the Symile-MIMIC reference's rule); float64 in [0, 1]."""
+    cdf = np.asarray(cdf_values, dtype=np.float64)
+    if cdf.size == 0:
+        return np.full(np.shape(values), np.nan)
+    return np.searchsorted(cdf, values, side="right") / cdf.size
+
+
+def _read_back(percentiles: np.ndarray, cdf_values: np.ndarray, offset: float) -> np.ndarray:
+    """Values at percentiles, interpolated between the CDF points, point i sitting at
+    percentile (i + offset) / n; float64, NaN for an empty CDF."""
+    cdf = np.asarray(cdf_values, dtype=np.float64)
+    if cdf.size == 0:
+        return np.full(np.shape(percentiles), np.nan)
+    grid = (np.arange(cdf.size) + offset) / cdf.size
+    return np.interp(percentiles, grid, cdf)
+
+
+def mid_rank_value(percentiles: np.ndarray, cdf_values: np.ndarray) -> np.ndarray:
+    """Inverse of `mid_rank_percentile`: a stored value's mid-rank is (i + 0.5) / n (ties
+    share the middle of their run), so a stored value reads back exactly and a value between
+    two stored ones reads back between them."""
+    return _read_back(percentiles, cdf_values, 0.5)
+
+
+def ecdf_right_value(percentiles: np.ndarray, cdf_values: np.ndarray) -> np.ndarray:
+    """Inverse of `ecdf_right_percentile`: stored value i sits at (i + 1) / n (the last of a
+    run of ties), so a stored value reads back exactly and one between two stored ones reads
+    back between them."""
+    return _read_back(percentiles, cdf_values, 1.0)
+
+
+PercentileFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class PercentileRule:
+    """A percentile rule and its inverse, both (array, sorted cdf_values) -> float64 array."""
+
+    percentile: PercentileFn  # raw values -> percentiles in [0, 1]
+    value: PercentileFn  # percentiles -> approximate raw values
+
+
+PERCENTILE_RULES = {
+    "mid_rank": PercentileRule(mid_rank_percentile, mid_rank_value),
+    "ecdf_right": PercentileRule(ecdf_right_percentile, ecdf_right_value),
+}
+
+
+def percentile_rule(spec: Mapping) -> PercentileRule:
+    """The rule a lab's spec (an entry of dataset.json's ``labs``) records; mid_rank when it
+    records none (datasets this project preprocessed)."""
+    name = spec.get("percentile_rule", "mid_rank")
+    if name not in PERCENTILE_RULES:
+        raise ValueError(
+            f"lab {spec.get('itemid')}: unknown percentile_rule {name!r}, "
+            f"expected one of {sorted(PERCENTILE_RULES)}"
+        )
+    return PERCENTILE_RULES[name]
+
+
+def approximate_value(percentile: float, spec: Mapping) -> float:
+    """The raw value a stored percentile stands for, read back through the inverse of the
+    lab's own percentile rule; NaN for a lab with no training values."""
+    return float(percentile_rule(spec).value(np.float64(percentile), spec["cdf_values"]))
 
 
 def fit_lab_percentiles(
@@ -93,8 +166,9 @@ def percentiles_from_cdf(
 ) -> np.ndarray:
     """Raw lab values float [N, L] (or [L]) into train-fitted percentiles float32 in [0, 1].
 
-    `labs_spec` is dataset.json's ``labs`` list (its order is the column order). Where
-    `observed` is 0 or the value is not finite the lab's ``fill_percentile`` is used.
+    `labs_spec` is dataset.json's ``labs`` list (its order is the column order); each lab's
+    ``percentile_rule`` applies. Where `observed` is 0 or the value is not finite the lab's
+    ``fill_percentile`` is used.
     This is the one place raw values become percentiles (the app uses it for uploads).
     """
     raw = np.asarray(values, dtype=np.float64)
@@ -111,11 +185,8 @@ def percentiles_from_cdf(
         mask = seen[:, column]
         if not len(spec["cdf_values"]):  # a lab never seen in training carries no information
             mask = np.zeros_like(mask)
-        cdf = np.asarray(spec["cdf_values"], dtype=np.float64)
-        if spec.get("percentile_rule", "mid_rank") == "ecdf_right":  # an imported release's
-            filled[mask] = np.searchsorted(cdf, raw[mask, column], side="right") / cdf.size
-        else:
-            filled[mask] = mid_rank_percentile(raw[mask, column], cdf)
+        rule = percentile_rule(spec)
+        filled[mask] = rule.percentile(raw[mask, column], np.asarray(spec["cdf_values"]))
         out[:, column] = filled
     return out[0] if single else out
 

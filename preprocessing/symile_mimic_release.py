@@ -39,7 +39,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -89,6 +89,14 @@ SPLIT_SOURCES = {
     "val": ("val", "val_retrieval"),
     "test": ("test", "test"),
 }
+SOURCE_SPLITS = tuple(source for source, _ in SPLIT_SOURCES.values())
+# The columns the import reads from a CSV, checked when it is read (a missing one is a
+# ReleaseError naming the file and the column): every CSV's ids; the MIMIC paths and the raw
+# lab values (a column per labs_means.json itemid) of the CSVs whose admissions become our
+# splits; the candidate sets of the retrieval CSVs.
+ID_COLUMNS = ("subject_id", "hadm_id")
+PATH_COLUMNS = ("ecg_path", "cxr_path")
+CANDIDATE_COLUMNS = ("label", "label_hadm_id")
 CHUNK_ROWS = 32  # CXR rows converted at a time: 32 x 3 x 320 x 320 float32 = 39 MB
 GREY_TOLERANCE = 0.02  # in grey levels (1/255): how far a pixel may sit from k/255
 CHECK_ROWS = 8  # candidate rows per split whose CXR and ECG are compared with their query's
@@ -109,6 +117,13 @@ COHORT_WINDOWS = {
 
 class ReleaseError(PreprocessError):
     """A release that does not follow the published layout: names the file and the reason."""
+
+
+def require_columns(frame: pd.DataFrame, path: Path, columns: Iterable[str]) -> None:
+    """ReleaseError naming the CSV `path` and every one of `columns` that `frame` lacks."""
+    absent = [column for column in columns if column not in frame.columns]
+    if absent:
+        raise ReleaseError(path, f"no column {', '.join(absent)}")
 
 
 def _path_id(path: str, pattern: str) -> str | None:
@@ -195,26 +210,35 @@ class SymileMimicRelease:
             raise ReleaseError(self.root, f"not a Symile-MIMIC release: missing {shown}")
 
     # ------------------------------------------------------------------ tables
+    def required_columns(self, split: str) -> list[str]:
+        """The columns the import reads from RELEASE/<split>.csv (see ID_COLUMNS)."""
+        columns = list(ID_COLUMNS)
+        if split in SOURCE_SPLITS:
+            columns += [*PATH_COLUMNS, *(str(itemid) for itemid in self.itemids)]
+        if split in RETRIEVAL_SPLITS:
+            columns += CANDIDATE_COLUMNS
+        return columns
+
     def read_csv(self, split: str) -> pd.DataFrame:
-        """A split CSV; ReleaseError when it lacks subject_id or hadm_id."""
-        return self._csv(self.csv_path(split))
+        """A split CSV; ReleaseError naming the file and the column when it lacks one of
+        `required_columns(split)`."""
+        return self._csv(self.csv_path(split), self.required_columns(split))
 
     def read_cohort_csv(self) -> pd.DataFrame | None:
-        """symile_mimic_data.csv, or None when the release folder lacks it."""
+        """symile_mimic_data.csv (its other columns are optional), or None when the release
+        folder lacks it."""
         path = self.cohort_csv_path
-        return self._csv(path) if path.is_file() else None
+        return self._csv(path, ID_COLUMNS) if path.is_file() else None
 
     @staticmethod
-    def _csv(path: Path) -> pd.DataFrame:
+    def _csv(path: Path, columns: Iterable[str]) -> pd.DataFrame:
         try:
             frame = pd.read_csv(path, low_memory=False)
         except FileNotFoundError as error:
             raise ReleaseError(path, "missing") from error
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
             raise ReleaseError(path, f"not a readable CSV ({error})") from error
-        absent = [c for c in ("subject_id", "hadm_id") if c not in frame.columns]
-        if absent:
-            raise ReleaseError(path, f"no column {', '.join(absent)}")
+        require_columns(frame, path, columns)
         return frame
 
     @cached_property
@@ -351,12 +375,10 @@ class SplitPlan:
 
 
 def _check_ids(release: SymileMimicRelease, split: str, frame: pd.DataFrame) -> None:
-    """The tensors' id columns equal the CSV's, row by row."""
+    """The tensors' id columns equal the CSV's (read_csv checked it has them), row by row."""
     columns = ["hadm_id", *(RETRIEVAL_TENSOR_NAMES if split in RETRIEVAL_SPLITS else ())]
     for column in columns:
         tensor = np.asarray(release.tensor(split, column), dtype=np.int64)
-        if column not in frame.columns:
-            raise ReleaseError(release.csv_path(split), f"no column {column}")
         listed = frame[column].to_numpy(dtype=np.int64)
         if tensor.shape != listed.shape or not np.array_equal(tensor, listed):
             raise ReleaseError(
@@ -470,18 +492,16 @@ def lab_arrays(
         raise ReleaseError(path, "values other than 0 and 1")
     observed = missingness.astype(np.uint8)  # the release's 1 means observed
     itemids = release.itemids
-    raw_columns = [str(i) for i in itemids]
     checks: dict[str, float] = {}
-    if all(c in plan.frame.columns for c in raw_columns):
-        present = plan.frame[raw_columns].notna().to_numpy()
-        if not np.array_equal(present, observed.astype(bool)):
-            wrong = int((present != observed.astype(bool)).sum())
-            raise ReleaseError(
-                path,
-                f"{wrong} entries disagree with {release.csv_path(plan.source).name}'s lab "
-                "values under '1 = observed' in ascending itemid order",
-            )
-        checks["observed_matches_csv"] = 1.0
+    present = plan.frame[[str(i) for i in itemids]].notna().to_numpy()  # read_csv checked them
+    if not np.array_equal(present, observed.astype(bool)):
+        wrong = int((present != observed.astype(bool)).sum())
+        raise ReleaseError(
+            path,
+            f"{wrong} entries disagree with {release.csv_path(plan.source).name}'s lab "
+            "values under '1 = observed' in ascending itemid order",
+        )
+    checks["observed_matches_csv"] = 1.0
     fill = np.asarray(list(release.labs_means.values()), np.float32)
     off_fill = np.abs(percentiles - fill[None, :])[observed == 0]
     checks["max_fill_error"] = float(off_fill.max()) if off_fill.size else 0.0
@@ -510,10 +530,7 @@ def labs_spec(
     values (the reference's ECDF), its fill value from labs_means.json, and the rule."""
     specs = []
     for column, (itemid, fill) in enumerate(release.labs_means.items()):
-        values = train.get(str(itemid))
-        if values is None:
-            raise ReleaseError(release.csv_path("train"), f"no lab column {itemid}")
-        cdf = np.sort(values.dropna().to_numpy(np.float64))
+        cdf = np.sort(train[str(itemid)].dropna().to_numpy(np.float64))  # read_csv checked it
         try:
             item = lab_by_itemid(itemid)
             label, fluid, unit = item.label, item.fluid, item.unit

@@ -13,8 +13,8 @@ from models import ModelConfig, build_model
 from preprocessing.layout import MIMIC_ECG_LEADS
 from symile_clinical.formats.checkpoint import save_checkpoint
 from symile_clinical.formats.dataset_dir import DatasetDir
+from symile_clinical.formats.run_config import TrainConfig
 from symile_clinical.formats.run_dir import RunDir
-from symile_clinical.training.config import TrainConfig
 
 N_LABS = 6
 

@@ -202,15 +202,22 @@ def _toml_value(value: object) -> str:
     return repr(value)
 
 
-def write_tiny_config(path: Path, model: dict[str, object] | None = None, **train: object) -> Path:
-    """Write TINY_CONFIG_TOML to `path` with TrainConfig (`train`) and ModelConfig (`model`)
-    fields overridden."""
+def write_tiny_config(
+    path: Path,
+    model: dict[str, object] | None = None,
+    augmentation: dict[str, object] | None = None,
+    **train: object,
+) -> Path:
+    """Write TINY_CONFIG_TOML to `path` with TrainConfig (`train`), ModelConfig (`model`) and
+    Augmentation (`augmentation`, an [augmentation] table) fields overridden."""
     values = tomllib.loads(TINY_CONFIG_TOML)
     values["model"].update(model or {})
     values.update(train)
-    model_values = values.pop("model")
+    tables = {"model": values.pop("model"), "augmentation": augmentation or {}}
     lines = [f"{key} = {_toml_value(value)}" for key, value in values.items() if value is not None]
-    lines.append("[model]")
-    lines += [f"{key} = {_toml_value(value)}" for key, value in model_values.items()]
+    for table, table_values in tables.items():
+        if table_values:
+            lines.append(f"[{table}]")
+            lines += [f"{key} = {_toml_value(value)}" for key, value in table_values.items()]
     path.write_text("\n".join(lines) + "\n")
     return path

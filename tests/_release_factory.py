@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import pathlib
+import shutil
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -408,6 +409,23 @@ def write_release(
         # The payload is refused before any tensor is read: the labs encoder's suffice.
         torch.save(lightning_checkpoint(model.labs_encoder, evil), root / "payload.ckpt")
     return MiniRelease(root, checkpoint, cohort, ecg_mv, grey, k)
+
+
+def release_without_column(source: Path, target: Path, csv_name: str, column: str) -> Path:
+    """A copy of the release at `source` whose CSV `csv_name` lacks `column`: its tables are
+    copied (the one rewritten without the column), its tensors linked, its checkpoint kept."""
+    target.mkdir(parents=True)
+    for path in source.iterdir():
+        if path.name == "data_npy":
+            (target / path.name).symlink_to(path.resolve(), target_is_directory=True)
+        elif path.suffix in (".csv", ".json"):
+            shutil.copyfile(path, target / path.name)
+        elif path.suffix == ".ckpt":
+            (target / path.name).symlink_to(path.resolve())
+    table = pd.read_csv(target / csv_name, low_memory=False)
+    assert column in table.columns, (csv_name, column)
+    table.drop(columns=[column]).to_csv(target / csv_name, index=False)
+    return target
 
 
 # ---------------------------------------------------------------------------------------

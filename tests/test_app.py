@@ -406,10 +406,6 @@ def test_rank_candidates_matches_a_full_sort() -> None:
 
 def test_admission_ecg_reads_the_ecg_release_preprocess_read(tmp_path: Path) -> None:
     """--ecg-dir outside the MIMIC root: the app finds the record through dataset.json."""
-    from types import SimpleNamespace
-
-    import pandas as pd
-
     from app.web.admissions import admission_ecg
     from preprocessing.pipeline import PreprocessConfig, _dataset_json
 
@@ -418,12 +414,8 @@ def test_admission_ecg_reads_the_ecg_release_preprocess_read(tmp_path: Path) -> 
     config = PreprocessConfig(mimic_root=tmp_path / "root", out=tmp_path / "out", ecg_dir=ecg_dir)
     dataset = _dataset_json(config, "f", [], {}, {})
     assert dataset["source"]["ecg_dir"] == str(ecg_dir)
-    context = SimpleNamespace(
-        dataset=SimpleNamespace(info=dataset),
-        manifest=pd.DataFrame({"ecg_path": ["files/p1000/p10000032/s40689238/40689238"]}),
-        arrays=SimpleNamespace(ecg=np.zeros((1, 12, 5000), np.float16)),
-    )
-    signal, unit = admission_ecg(context, 0)
+    ecg_path = "files/p1000/p10000032/s40689238/40689238"
+    signal, unit = admission_ecg(dataset, ecg_path, np.zeros((12, 5000), np.float16))
     assert unit == "mV" and signal.shape == (12, 5000) and np.ptp(signal) > 0.1
 
 

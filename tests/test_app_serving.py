@@ -52,6 +52,28 @@ def test_an_admission_is_built_once_and_matches_the_split(runs) -> None:
     assert len(admission.labs) == len(context.labs_spec)
 
 
+def test_split_queries_are_embedded_once_for_the_app_and_the_index(runs) -> None:
+    """embed_queries (batched, rows in any order) equals one admission at a time, and the
+    index's recall-check query vectors are built from it."""
+    from symile_clinical.evaluation.embedding import embed_queries
+    from symile_clinical.search.index import split_query_vectors
+
+    _, run, _ = runs
+    context = served_run(run)
+    rows = np.array([5, 0, 3])
+    ecg, labs = embed_queries(context.run.model, context.arrays, rows, batch_size=2)
+    for i, row in enumerate(rows):
+        query = context.split_query(int(row))
+        one = embed_query(context.run.model, query.ecg, query.labs, query.observed)
+        np.testing.assert_allclose(ecg[i], one[0], atol=1e-5)
+        np.testing.assert_allclose(labs[i], one[1], atol=1e-5)
+    split = str(context.index.info["split"])
+    vectors = split_query_vectors(context.run, context.dataset, split, limit=4)
+    embedded = [context.query_embeddings(row) for row in range(4)]
+    expected = query_vector(context.objective, [np.stack(x) for x in zip(*embedded, strict=True)])
+    np.testing.assert_allclose(vectors, expected, atol=1e-5)
+
+
 def test_concurrent_requests_for_a_new_admission_build_it_once() -> None:
     calls = []
     gate = threading.Event()

@@ -201,3 +201,16 @@ def test_no_import_cycle_inside_a_package(package: str) -> None:
             graph[name] = set()
     cycle = find_cycle(graph)
     assert cycle is None, " -> ".join(cycle or [])
+
+
+def test_public_api_resolves_without_loading_torch_for_errors() -> None:
+    import subprocess
+    import sys
+
+    import symile_clinical
+
+    for name in symile_clinical.__all__:
+        assert getattr(symile_clinical, name) is not None, name
+    # preprocessing imports symile_clinical.errors: the package's __init__ must not pull torch.
+    code = "import sys, symile_clinical.errors; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

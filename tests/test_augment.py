@@ -6,8 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from symile_clinical.training.augment import Augmentation, augment, shift_cxr, shift_ecg
-from symile_clinical.training.config import ConfigError, TrainConfig, load_config
+from symile_clinical.formats.run_config import (
+    Augmentation,
+    ConfigError,
+    TrainConfig,
+    config_from_dict,
+)
+from symile_clinical.training.augment import augment, shift_cxr, shift_ecg
+from symile_clinical.training.config import load_config
 
 
 def _batch(rows: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,12 +120,18 @@ def test_negative_or_fractional_amounts_are_refused(tmp_path) -> None:
         Augmentation(ecg_shift=-1)
     with pytest.raises(ValueError, match=">= 0"):
         Augmentation(lab_noise=-0.1)
-    with pytest.raises(ValueError, match="augment_"):
-        TrainConfig(augment_cxr_noise=-0.5)
-    with pytest.raises(ValueError, match="augment_"):
-        TrainConfig(augment_cxr_shift=-2)
-    path = tmp_path / "c.toml"
-    path.write_text('preset = "demo"\naugment_ecg_shift = 500.0\n')
-    with pytest.raises(ConfigError, match="whole numbers") as caught:
-        load_config(path)
-    assert str(path) in str(caught.value)
+    with pytest.raises(ValueError, match="whole numbers"):
+        Augmentation(cxr_shift=2.5)
+    # Validated once, in Augmentation, whichever way a config spells the amounts.
+    with pytest.raises(ConfigError, match="augmentation amounts must be >= 0"):
+        config_from_dict({"augment_cxr_noise": -0.5})
+    with pytest.raises(ConfigError, match="augmentation amounts must be >= 0"):
+        config_from_dict({"augmentation": {"cxr_shift": -2}})
+    with pytest.raises(ValueError, match="augmentation must be an Augmentation"):
+        TrainConfig(augmentation={"cxr_shift": 2})
+    for text in ("augment_ecg_shift = 500.0\n", "[augmentation]\necg_shift = 500.0\n"):
+        path = tmp_path / "c.toml"
+        path.write_text(f'preset = "demo"\n{text}')
+        with pytest.raises(ConfigError, match="whole numbers") as caught:
+            load_config(path)
+        assert str(path) in str(caught.value)

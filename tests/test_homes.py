@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -20,8 +21,13 @@ from symile_clinical.formats.atomic import (
     write_text_atomic,
 )
 from symile_clinical.formats.dataset_dir import DatasetDir, DatasetError, cxr_to_unit
+from symile_clinical.formats.run_config import Augmentation, ConfigError
 from symile_clinical.formats.run_dir import RunDir, RunError
-from symile_clinical.training.config import ConfigError, load_config
+from symile_clinical.training.config import fit_model_to_data, load_config
+
+# config.json as a run wrote it before augmentation was nested (flat augment_* keys), its
+# dataset recorded relative to the run ("../dataset"), as older runs did.
+OLD_RUN_CONFIG = Path(__file__).parent / "old_formats" / "run_config.json"
 
 
 def test_an_atomic_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> None:
@@ -179,3 +185,21 @@ def test_encoder_weights_start_a_new_run_and_a_bad_file_is_an_input_error(
         code = main([*argv, "--out", str(tmp_path / "third"), "--encoder-weights", str(broken)])
     assert code == EXIT_BAD_INPUT
     assert str(broken) in caplog.text and "Traceback" not in caplog.text
+
+
+def test_an_old_run_config_with_flat_augment_keys_opens_and_trains(tmp_path: Path) -> None:
+    root = write_dataset(tmp_path / "dataset", n_train=32, n_val=8, n_labs=3, ecg_samples=100)
+    dataset = DatasetDir(root)
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    shutil.copyfile(OLD_RUN_CONFIG, run.config_path)
+    assert "augment_ecg_shift" in json.loads(run.config_path.read_text())
+    config = run.read_config()
+    amounts = Augmentation(ecg_shift=10, ecg_gain=0.1, cxr_shift=2, lab_noise=0.05)
+    assert config.augmentation == amounts
+    recipe = write_tiny_config(tmp_path / "c.toml", epochs=1, augmentation=vars(amounts))
+    assert config == fit_model_to_data(load_config(recipe), dataset.split("train"))
+    assert run.dataset() == dataset
+    # --resume takes the run's own (old-style) config: it matches what training builds.
+    assert main(["train", "--out", str(run.path), "--resume", "--no-progress"]) == 0
+    assert run.load("best").config == config

@@ -16,6 +16,7 @@ from symile_clinical.formats.dataset_dir import DatasetDir
 from symile_clinical.formats.run_dir import RunDir
 from symile_clinical.objective.similarity import query_vector, score_fn
 from symile_clinical.search.index import (
+    CandidateIndex,
     CandidateIndexError,
     FaissSearcher,
     IndexConfig,
@@ -94,6 +95,31 @@ def test_softmax_probabilities_sum_to_one_and_follow_scores() -> None:
     probs = softmax_probabilities(np.array([[1.0, 2.0, 3.0]]), logit_scale=14.3)
     assert probs.sum() == pytest.approx(1.0)
     assert probs[0, 2] > probs[0, 1] > probs[0, 0]
+
+
+@pytest.mark.parametrize("pool", [None, np.array([50, 7, 3, 12, 40, 1, 33])])
+def test_rank_agrees_with_search_softmax_and_a_naive_rank(pool: np.ndarray | None) -> None:
+    """One query over a pool: the same top-k as search (ties to the lower position), the
+    pool's softmax probabilities, and the true candidate's rank counted the slow way."""
+    rng = np.random.default_rng(7)
+    embeddings = layernorm_like(rng, 60, 8)
+    embeddings[7] = embeddings[3]  # a tie: position 3 ranks ahead of 7
+    index = CandidateIndex(embeddings, pd.DataFrame({"row": range(60)}), np.zeros((60, 2, 2)), {})
+    query = layernorm_like(rng, 1, 8)[0]
+    positions = np.arange(60) if pool is None else pool
+    ranking = index.rank(query, k=5, logit_scale=7.0, pool=pool, true_position=7)
+    searched = index.search(query[None], 5, within=None if pool is None else pool[None])
+    np.testing.assert_array_equal(ranking.positions, searched.positions[0])
+    np.testing.assert_allclose(ranking.scores, searched.scores[0], rtol=1e-6)
+    probabilities = softmax_probabilities(embeddings[positions] @ query, 7.0)
+    where = [int(np.flatnonzero(positions == p)[0]) for p in ranking.positions]
+    np.testing.assert_allclose(ranking.probabilities, probabilities[where], rtol=1e-5)
+    order = sorted(positions.tolist(), key=lambda p: (-float(embeddings[p] @ query), p))
+    assert ranking.true_rank == order.index(7) + 1 and order.index(3) < order.index(7)
+    assert ranking.true_probability == pytest.approx(probabilities[positions == 7][0], rel=1e-5)
+    assert ranking.pool_size == len(positions)
+    absent = index.rank(query, k=5, logit_scale=7.0, pool=np.array([1, 2]), true_position=7)
+    assert absent.true_rank is None and len(absent.positions) == 2
 
 
 def test_faiss_flat_equals_exact_and_hnsw_recall_is_reported() -> None:
@@ -184,15 +210,16 @@ def small_index_parts(n: int = 12, d: int = 6, seed: int = 0):
     return embeddings, metadata, thumbs
 
 
-def test_write_then_load_round_trips(tmp_path: Path) -> None:
+def write_small_index(folder: Path, objective: str = "symile", checkpoint_sha256: str = "a"):
+    """small_index_parts written as FOLDER/index; returns (embeddings, metadata, thumbs, path)."""
     embeddings, metadata, thumbs = small_index_parts()
-    write_index(
-        RunDir(tmp_path),
-        embeddings,
-        metadata,
-        thumbs,
-        {"objective": "symile", "checkpoint_sha256": "a" * 64},
-    )
+    info = {"objective": objective, "checkpoint_sha256": checkpoint_sha256}
+    path = write_index(RunDir(folder), embeddings, metadata, thumbs, info)
+    return embeddings, metadata, thumbs, path
+
+
+def test_write_then_load_round_trips(tmp_path: Path) -> None:
+    embeddings, metadata, thumbs, _ = write_small_index(tmp_path, checkpoint_sha256="a" * 64)
     index = load_index(tmp_path, checkpoint_sha256="a" * 64)
     np.testing.assert_array_equal(index.embeddings, embeddings)
     np.testing.assert_array_equal(index.thumbnails, thumbs)
@@ -203,14 +230,7 @@ def test_write_then_load_round_trips(tmp_path: Path) -> None:
 
 
 def test_an_index_of_another_checkpoint_is_refused(tmp_path: Path) -> None:
-    embeddings, metadata, thumbs = small_index_parts()
-    write_index(
-        RunDir(tmp_path),
-        embeddings,
-        metadata,
-        thumbs,
-        {"objective": "symile", "checkpoint_sha256": "a" * 64},
-    )
+    write_small_index(tmp_path, checkpoint_sha256="a" * 64)
     with pytest.raises(StaleIndexError, match="checkpoint"):
         load_index(tmp_path, checkpoint_sha256="b" * 64)
 
@@ -218,28 +238,14 @@ def test_an_index_of_another_checkpoint_is_refused(tmp_path: Path) -> None:
 def test_missing_or_truncated_index_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(CandidateIndexError, match="no index"):
         load_index(tmp_path)
-    embeddings, metadata, thumbs = small_index_parts()
-    folder = write_index(
-        RunDir(tmp_path),
-        embeddings,
-        metadata,
-        thumbs,
-        {"objective": "clip", "checkpoint_sha256": "a"},
-    )
+    *_, folder = write_small_index(tmp_path, objective="clip")
     (folder / "embeddings.npy").write_bytes(b"\x93NUMPY garbage")
     with pytest.raises(CandidateIndexError, match="unreadable"):
         load_index(tmp_path)
 
 
 def test_a_failed_rewrite_leaves_the_previous_index(tmp_path: Path) -> None:
-    embeddings, metadata, thumbs = small_index_parts()
-    write_index(
-        RunDir(tmp_path),
-        embeddings,
-        metadata,
-        thumbs,
-        {"objective": "symile", "checkpoint_sha256": "a"},
-    )
+    embeddings, metadata, thumbs, _ = write_small_index(tmp_path)
     bad = metadata.assign(dicom_id=[1, "x"] * 6)  # mixed types: parquet refuses the column
     with pytest.raises(Exception):  # noqa: B017 (pyarrow's own error type)
         write_index(

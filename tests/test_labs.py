@@ -1,4 +1,5 @@
-"""Lab percentiles: the mid-rank empirical CDF against a slow reference, fill and round trip."""
+"""Lab percentiles: the mid-rank empirical CDF against a slow reference, fill and round trip,
+and each percentile rule read back by its inverse."""
 
 from __future__ import annotations
 
@@ -9,10 +10,14 @@ import pytest
 
 from preprocessing.labs import (
     MAX_CDF_POINTS,
+    PERCENTILE_RULES,
+    approximate_value,
     cdf_points,
+    ecdf_right_percentile,
     fit_lab_percentiles,
     mid_rank_percentile,
     observed_mask,
+    percentile_rule,
     percentiles_from_cdf,
 )
 
@@ -91,3 +96,52 @@ def test_a_lab_training_never_saw_is_marked_missing_even_when_measured() -> None
     query = np.array([[1.0, 4.2], [np.nan, 3.9]])
     np.testing.assert_array_equal(observed_mask(query, spec), [[True, False], [False, False]])
     np.testing.assert_array_equal(observed_mask(query[0], spec), [True, False])
+
+
+def test_ecdf_right_matches_slow_reference() -> None:
+    rng = np.random.default_rng(5)
+    train = np.sort(np.round(rng.normal(1.0, 0.3, 200), 1))
+    queries = np.concatenate([np.round(rng.normal(1.0, 0.5, 50), 2), [-5.0, 9.0]])
+    slow = [sum(1 for t in train if t <= q) / len(train) for q in queries]
+    np.testing.assert_allclose(ecdf_right_percentile(queries, train), slow)
+
+
+@pytest.mark.parametrize("rule", sorted(PERCENTILE_RULES))
+def test_each_rule_reads_back_through_its_inverse(rule: str) -> None:
+    """value -> percentile -> approximate value: exactly a stored value (ties included),
+    and between its two neighbouring stored values otherwise (within one CDF step)."""
+    rng = np.random.default_rng(6)
+    train = np.round(rng.lognormal(0.0, 0.5, 300), 1)  # ties, as labs are reported
+    spec = {"cdf_values": np.sort(train).tolist(), "percentile_rule": rule, "fill_percentile": 0.5}
+    if rule == "mid_rank":
+        del spec["percentile_rule"]  # datasets this project preprocessed record no rule
+    cdf = np.asarray(spec["cdf_values"])
+    pair = percentile_rule(spec)
+    for value in np.unique(cdf):
+        p = float(pair.percentile(np.array([value]), cdf)[0])
+        assert approximate_value(p, spec) == value
+    inside = rng.uniform(cdf[0], cdf[-1], 200)
+    inside = inside[~np.isin(inside, cdf)]
+    back = pair.value(pair.percentile(inside, cdf), cdf)
+    below = cdf[np.searchsorted(cdf, inside, side="right") - 1]
+    above = cdf[np.searchsorted(cdf, inside, side="left")]
+    assert (back >= below).all() and (back <= above).all()
+    # Percentiles as labs.npy stores them (float32): the value reads back to its rounding.
+    stored = percentiles_from_cdf(cdf[:, None], np.ones((len(cdf), 1)), [spec])[:, 0]
+    np.testing.assert_allclose([approximate_value(q, spec) for q in stored], cdf, rtol=1e-5)
+
+
+def test_the_ecdf_right_rule_reads_back_what_the_mid_rank_inverse_would_not() -> None:
+    """An imported release's percentile, read back with the mid-rank inverse, lands half a
+    CDF step off: the spec's own rule must choose the inverse."""
+    spec = {
+        "cdf_values": [1.0, 2.0, 3.0, 4.0],
+        "percentile_rule": "ecdf_right",
+        "fill_percentile": 0.5,
+    }
+    p = float(percentiles_from_cdf(np.array([2.0]), np.array([1]), [spec])[0])
+    assert p == 0.5 and approximate_value(p, spec) == 2.0
+    assert approximate_value(p, {"cdf_values": spec["cdf_values"]}) == 2.5
+    assert np.isnan(approximate_value(0.5, {"cdf_values": []}))
+    with pytest.raises(ValueError, match="percentile_rule"):
+        percentile_rule({"cdf_values": [1.0], "percentile_rule": "quantile"})

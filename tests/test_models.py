@@ -1,4 +1,4 @@
-"""The encoders and SymileModel: shapes, projections, missing labs, logit scale, CXR weights."""
+"""The encoders and the models: shapes, projections, missing labs, logit scale, weights."""
 
 from __future__ import annotations
 
@@ -18,9 +18,13 @@ from models import (
     ECGEncoder,
     LabsEncoder,
     ModelConfig,
+    SymileMIMICReference,
+    SymileModel,
+    ThreeModalityModel,
     WeightsError,
     build_model,
 )
+from models.reference_mimic import ReferenceShape, reference_shape
 
 TINY = ModelConfig(
     embed_dim=16,
@@ -222,3 +226,21 @@ def test_encoder_weights_that_do_not_fit_are_refused_naming_the_file(tmp_path: P
     with pytest.raises(WeightsError, match=re.escape(str(text)) + ": not a state dict"):
         build_model(TINY, seed=0, encoder_weights=text)
     assert issubclass(CXRWeightsError, WeightsError)
+
+
+def test_build_model_gives_each_arch_behind_the_common_base() -> None:
+    ours = build_model(TINY)
+    reference = build_model(ModelConfig(arch="symile_mimic_reference", embed_dim=8, n_labs=5))
+    assert isinstance(ours, SymileModel) and isinstance(reference, SymileMIMICReference)
+    assert isinstance(ours, ThreeModalityModel) and isinstance(reference, ThreeModalityModel)
+
+
+def test_a_reference_state_dict_tells_its_shape_and_another_names_what_it_lacks() -> None:
+    reference = SymileMIMICReference(embed_dim=8, n_labs=5, logit_scale_init=-3.0)
+    state = reference.state_dict()
+    assert reference_shape(state) == ReferenceShape(embed_dim=8, n_labs=5, logit_scale=-3.0)
+    with pytest.raises(KeyError, match=r"labs_encoder\.fc3\.weight"):
+        reference_shape(build_model(TINY).state_dict())  # our model: not the reference's
+    del state["logit_scale"]
+    with pytest.raises(KeyError, match="logit_scale"):
+        reference_shape(state)

@@ -23,6 +23,7 @@ from _release_factory import (
     RefModel,
     reference_accuracy,
     reference_retrieval,
+    release_without_column,
     write_release,
 )
 
@@ -277,6 +278,34 @@ def test_a_release_that_breaks_its_conventions_is_refused_naming_the_file(
             SymileMimicRelease(release), DatasetDir(tmp_path / "out"), progress=False
         )
     assert Path(file).name in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("csv_name", "column"),
+    [
+        ("train.csv", "ecg_path"),
+        ("train.csv", "cxr_path"),
+        ("val.csv", "ecg_path"),
+        ("test.csv", "cxr_path"),
+        ("train.csv", "subject_id"),
+        ("val.csv", "hadm_id"),
+        ("val_retrieval.csv", "subject_id"),
+        ("test.csv", "label"),
+        ("val_retrieval.csv", "label_hadm_id"),
+        ("train.csv", "51221"),  # a lab's raw values (labs_means.json lists it)
+        ("test.csv", "50813"),
+        ("symile_mimic_data.csv", "hadm_id"),
+    ],
+)
+def test_a_csv_without_a_column_the_import_reads_exits_1_naming_file_and_column(
+    mini, tmp_path, caplog, csv_name, column
+) -> None:
+    release = release_without_column(mini.root, tmp_path / "release", csv_name, column)
+    out = tmp_path / "out"
+    with caplog.at_level("ERROR"):
+        assert main(["import-release", "--release", str(release), "--out", str(out)]) == 1
+    assert f"{release / csv_name}: no column {column}" in caplog.text
+    assert "Traceback" not in caplog.text and not (out / "dataset" / "dataset.json").exists()
 
 
 def test_a_folder_that_is_not_a_release_lists_what_is_missing(tmp_path) -> None:

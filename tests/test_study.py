@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.workflows.study import StudyConfig, cohort_dir, run_study
+from app.workflows.study import StudyConfig, cohort_dir, ensure_study_cohort, run_study
 from symile_clinical.cli import main
 from symile_clinical.experiments.study_cells import StudyCell, StudyError, mean_ci, summarise_study
 
@@ -190,7 +190,7 @@ def test_pretraining_refuses_to_pretrain_on_a_measured_cohort(tmp_path: Path) ->
 def test_weights_that_do_not_fit_a_recipe_are_refused_before_training(
     quick_study: dict, tmp_path: Path
 ) -> None:
-    from symile_clinical.training.config import ConfigError
+    from symile_clinical.formats.run_config import ConfigError
 
     config = quick_study["config"]
     other = tmp_path / "other.toml"
@@ -206,3 +206,38 @@ def test_weights_that_do_not_fit_a_recipe_are_refused_before_training(
         run_study(wrong)
     assert str(quick_study["encoders"]) in str(caught.value)
     assert not (tmp_path / "out" / "runs").exists()  # nothing trained
+
+
+def test_the_demo_and_the_study_share_one_cohort_rule(tmp_path: Path) -> None:
+    """A cohort the study made is current for the builder the demo calls; a changed
+    parameter remakes what depends on it, and only that."""
+    from app.workflows import cohort, demo, study
+    from app.workflows.cohort import Steps, ensure_cohort
+    from app.workflows.demo import DemoConfig
+    from symile_clinical.formats.dataset_dir import DatasetDir
+
+    assert demo.ensure_cohort is study.ensure_cohort is cohort.ensure_cohort
+    assert demo.ensure_pretrained_encoders is study.ensure_pretrained_encoders
+    sizes = {"admissions": 80, "cxr_max_size": 64, "cxr_size": 32}
+    study_config = StudyConfig.quick(tmp_path / "study", **sizes)
+    demo_config = DemoConfig(out=tmp_path / "demo", seed=0, joint_fraction=1.0, **sizes)
+    spec = demo_config.cohort()
+    assert spec == study_config.cohort(1.0, 0)
+
+    made = Steps(study_config.out)
+    ensure_study_cohort(study_config, 1.0, 0, made)
+    assert made.ran == ["F1_c0/synth", "F1_c0/preprocess"]
+    folder = cohort_dir(study_config, 1.0, 0)
+
+    steps = Steps(folder)
+    dataset = ensure_cohort(spec, folder, steps)
+    assert steps.ran == [] and dataset.is_complete()
+    ensure_cohort(dataclasses.replace(spec, cxr_size=24), folder, steps)
+    assert steps.ran == ["preprocess"]  # the synthetic cohort is kept
+    assert DatasetDir(folder / "dataset").info["cxr_size"] == 24
+    ensure_cohort(dataclasses.replace(spec, cxr_size=24, admissions=90), folder, steps)
+    assert steps.ran == ["preprocess", "synth", "preprocess"]
+    # A step killed half-way is not current: the stamp goes before the step runs.
+    (folder / "dataset" / "dataset.json").unlink()
+    ensure_cohort(dataclasses.replace(spec, cxr_size=24, admissions=90), folder, steps)
+    assert steps.ran[-1] == "preprocess"

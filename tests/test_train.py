@@ -18,18 +18,17 @@ from symile_clinical.cli import main
 from symile_clinical.evaluation.embedding import SplitEmbeddings, embed_split
 from symile_clinical.formats.checkpoint import load_checkpoint
 from symile_clinical.formats.dataset_dir import DatasetDir, DatasetError, SplitArrays
-from symile_clinical.formats.run_dir import RunDir, load_run
-from symile_clinical.objective.similarity import score_fn
-from symile_clinical.training.augment import drop_labs
-from symile_clinical.training.config import (
+from symile_clinical.formats.run_config import (
+    Augmentation,
     ConfigError,
     TrainConfig,
     config_from_dict,
     config_to_dict,
-    demo_config,
-    load_config,
-    paper_config,
 )
+from symile_clinical.formats.run_dir import RunDir, load_run
+from symile_clinical.objective.similarity import score_fn
+from symile_clinical.training.augment import drop_labs
+from symile_clinical.training.config import demo_config, load_config, paper_config
 from symile_clinical.training.memmap_dataset import MemmapDataset
 from symile_clinical.training.trainer import (
     GlobalBatchSampler,
@@ -88,6 +87,31 @@ def test_config_round_trips_through_json() -> None:
     config = paper_config()
     values = json.loads(json.dumps({**config_to_dict(config), "data": "/somewhere"}))
     assert config_from_dict(values) == config
+    augmented = demo_config()
+    values = config_to_dict(augmented)
+    assert (values["augmentation"]["ecg_shift"], values["augmentation"]["cxr_shift"]) == (500, 4)
+    assert not any(key.startswith("augment_") for key in values)  # one spelling is written
+    assert config_from_dict(json.loads(json.dumps(values))) == augmented
+
+
+def test_presets_keep_their_augmentation() -> None:
+    chosen = Augmentation(ecg_shift=500, ecg_gain=0.1, cxr_shift=4)
+    assert demo_config().augmentation == load_config("demo-clip").augmentation == chosen
+    assert not paper_config().augmentation.enabled
+
+
+def test_augmentation_reads_nested_or_flat_and_overrides_a_preset(tmp_path: Path) -> None:
+    nested = tmp_path / "nested.toml"
+    nested.write_text('preset = "demo"\n[augmentation]\nlab_noise = 0.1\n')
+    flat = tmp_path / "flat.toml"  # how recipes spelt it before the nested table
+    flat.write_text('preset = "demo"\naugment_lab_noise = 0.1\n')
+    expected = dataclasses.replace(demo_config().augmentation, lab_noise=0.1)
+    assert load_config(nested).augmentation == load_config(flat).augmentation == expected
+    both = tmp_path / "both.toml"
+    both.write_text("augment_ecg_shift = 3\n[augmentation]\necg_shift = 4\n")
+    with pytest.raises(ConfigError, match="both given") as info:
+        load_config(both)
+    assert str(both) in str(info.value)
 
 
 def test_toml_file_overrides_a_preset(tmp_path: Path) -> None:
@@ -103,6 +127,8 @@ def test_toml_file_overrides_a_preset(tmp_path: Path) -> None:
     [
         ("epochs = 2\nbogus = 1\n", "unknown TrainConfig field"),
         ("[model]\nwidth = 3\n", "unknown ModelConfig field"),
+        ("[augmentation]\necg_roll = 3\n", "unknown Augmentation field"),
+        ("augment_ecg_roll = 3\n", "unknown TrainConfig field"),
         ('objective = "triplet"\n', "objective must be one of"),
         ("epochs = \n", "invalid TOML"),
     ],

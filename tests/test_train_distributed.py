@@ -38,9 +38,7 @@ def test_two_gloo_processes_match_one_process(negatives: str, tmp_path: Path) ->
         max_steps=3,
         lab_dropout=0.3,
         negatives=negatives,
-        augment_ecg_shift=100,
-        augment_ecg_gain=0.1,
-        augment_cxr_shift=2,
+        augmentation={"ecg_shift": 100, "ecg_gain": 0.1, "cxr_shift": 2},
     )
     single = tmp_path / "single"
     train(load_config(config_file), data, single, progress=False)

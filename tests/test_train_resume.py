@@ -22,8 +22,9 @@ from symile_clinical.formats.checkpoint import (
     previous_path,
     save_checkpoint,
 )
+from symile_clinical.formats.run_config import ConfigError
 from symile_clinical.formats.run_dir import RunDir, load_run
-from symile_clinical.training.config import ConfigError, load_config
+from symile_clinical.training.config import load_config
 from symile_clinical.training.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,9 +45,7 @@ def _config_file(tmp_path: Path) -> Path:
         epochs=2,
         negatives="n",
         lab_dropout=0.3,
-        augment_ecg_shift=100,
-        augment_ecg_gain=0.1,
-        augment_cxr_shift=2,
+        augmentation={"ecg_shift": 100, "ecg_gain": 0.1, "cxr_shift": 2},
         checkpoint_every=2,
         model={"ecg_dropout": 0.2, "labs_dropout": 0.2},
     )

@@ -76,4 +76,4 @@ def run_demo_command(args: argparse.Namespace) -> int:
     )
     if args.no_serve:
         return 0
-    return serve(result.symile_run, args.host, args.port, args.allow_hosts)
+    return serve(result.symile_run, args.host, args.port, args.allow_hosts, args.device)

@@ -1,4 +1,5 @@
-"""`symile-clinical app` (serve the Streamlit app for a run) and `symile-clinical demo`."""
+"""`symile-clinical app`: argparse, and the hand-over to the Streamlit server that `app` and
+`demo` (app/commands/demo.py) both end in."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ DEFAULT_PORT = 8501
 
 
 def add_serve_options(parser: argparse.ArgumentParser) -> None:
+    """Add --host, --port and --allow-host (the server's address and the names it answers to)."""
     parser.add_argument(
         "--host",
         default=DEFAULT_HOST,
@@ -28,6 +30,11 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
             "a host name the app answers to besides localhost and --host (repeatable; "
             "'*.example.org' for its subdomains): requests naming any other Host are refused"
         ),
+    )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="where the served model runs: cpu (default), cuda or cuda:N",
     )
 
 
@@ -99,15 +106,22 @@ def serve(
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     allow_hosts: Sequence[str] = (),
+    device: str = "cpu",
 ) -> int:
-    """Replace this process with the server of `streamlit_command`.
+    """Replace this process with the server of `streamlit_command`, its model on `device`.
 
     exec rather than a child process: Ctrl-C and SIGTERM reach the server itself, and the
     memory of whatever ran before (the demo's training) is given back.
     """
     import sys
 
+    from app.web.run_context import DEVICE_ENV
+
     command = streamlit_command(run_dir, host, port, allow_hosts)
+    os.environ[DEVICE_ENV] = device  # the exec'd server inherits it
+    # The command's one user-facing line, the address to open, on stdout: not a log record
+    # (logging goes to stderr with timestamps, for diagnosis), and flushed because exec
+    # replaces this process and its buffers.
     print(f"symile-clinical app: serving {run_dir} at http://{host}:{port}", flush=True)  # noqa: T201
     sys.stderr.flush()
     os.execv(sys.executable, command)
@@ -122,4 +136,4 @@ def run_app(args: argparse.Namespace) -> int:
     run = RunDir(args.run_dir)
     if not run.has_config():
         raise RunUnavailableError(run.config_path, "missing: not a training run directory")
-    return serve(args.run_dir, args.host, args.port, args.allow_hosts)
+    return serve(args.run_dir, args.host, args.port, args.allow_hosts, args.device)

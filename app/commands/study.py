@@ -7,13 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from app.workflows.study import (
-    DEFAULT_RECIPES,
-    PRETRAIN_FRACTION,
-    PRETRAIN_SEED,
-    StudyConfig,
-    run_study,
-)
+from app.workflows.cohort import PRETRAIN_FRACTION, PRETRAIN_SEED
+from app.workflows.study import DEFAULT_RECIPES, StudyConfig, run_study
 from symile_clinical.cli import int_at_least
 
 

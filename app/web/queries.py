@@ -1,8 +1,10 @@
 """A query (ECG + labs) through the model into a ranking of candidate CXRs, and what drives it.
 
 Pure functions of arrays and a loaded model: the Streamlit pages only display their results.
-A query is embedded by `symile_clinical.evaluation.embedding.embed_query` and turned into the vector
-candidates are dotted with by `symile_clinical.objective.similarity.query_vector`.
+A query is embedded by `symile_clinical.evaluation.embedding` (never by the encoders
+directly here), turned into the vector candidates are dotted with by
+`symile_clinical.objective.similarity.query_vector` and ranked by the index's own
+`CandidateIndex.rank`.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
+from preprocessing.labs import approximate_value
+from symile_clinical.evaluation.embedding import EmbeddingModel, embed_ecg, embed_labs
 from symile_clinical.objective.similarity import query_vector
-from symile_clinical.search.index import CandidateIndex, top_k_sorted
+from symile_clinical.search.index import CandidateIndex, Ranking
 
 
 @dataclass(frozen=True)
@@ -27,20 +30,6 @@ class Query:
     ecg: np.ndarray
     labs: np.ndarray
     observed: np.ndarray
-
-
-@dataclass(frozen=True)
-class Ranking:
-    """Top-k of a pool: index positions, scores and softmax probabilities over the pool."""
-
-    positions: np.ndarray  # int64 [k]
-    scores: np.ndarray  # float32 [k]
-    probabilities: np.ndarray  # float32 [k], softmax over the whole pool
-    pool_size: int
-    true_position: int | None = None
-    true_rank: int | None = None  # 1-based rank of the true CXR in the pool
-    true_score: float | None = None
-    true_probability: float | None = None
 
 
 def rank_candidates(
@@ -55,38 +44,13 @@ def rank_candidates(
 ) -> Ranking:
     """Rank a pool (index positions; None = the whole index) for one query; best first.
 
-    Probabilities are the softmax of logit_scale * score over the whole pool, the
-    distribution the contrastive objective trains. Ties go to the lower position.
+    The query's vector under `objective` ranked by `CandidateIndex.rank`: probabilities are
+    the softmax of logit_scale * score over the whole pool. Ties go to the lower position.
     """
     query = query_vector(
         objective, [np.asarray(ecg_emb, np.float32), np.asarray(labs_emb, np.float32)]
     )
-    if pool is None:  # no fancy-indexed copy of a large index
-        positions = np.arange(len(index), dtype=np.int64)
-        scores = index.embeddings @ query  # [N]
-    else:
-        positions = np.asarray(pool, np.int64)
-        scores = index.embeddings[positions] @ query  # [P]
-    top_positions, top_scores = top_k_sorted(scores, positions, k)
-    logits = logit_scale * scores.astype(np.float64)
-    log_normaliser = logits.max() + np.log(np.exp(logits - logits.max()).sum())
-    ranking: dict[str, Any] = dict(
-        positions=top_positions,
-        scores=top_scores.astype(np.float32),
-        probabilities=np.exp(logit_scale * top_scores - log_normaliser).astype(np.float32),
-        pool_size=len(positions),
-    )
-    where = np.flatnonzero(positions == true_position) if true_position is not None else []
-    if len(where):
-        true_score = scores[where[0]]
-        ahead = (scores > true_score) | ((scores == true_score) & (positions < true_position))
-        ranking.update(
-            true_position=int(true_position),
-            true_rank=int(ahead.sum()) + 1,
-            true_score=float(true_score),
-            true_probability=float(np.exp(logit_scale * true_score - log_normaliser)),
-        )
-    return Ranking(**ranking)
+    return index.rank(query, k, logit_scale, pool, true_position)
 
 
 @dataclass(frozen=True)
@@ -102,7 +66,7 @@ class MaskedLabQueries:
 
 
 def masked_lab_queries(
-    model: Any,
+    model: EmbeddingModel,
     objective: str,
     query: Query,
     ecg_emb: np.ndarray | None = None,
@@ -122,12 +86,9 @@ def masked_lab_queries(
     if fill is not None:
         labs[variants, observed_idx] = np.asarray(fill, np.float32)[observed_idx]
     observed[variants, observed_idx] = 0.0
-    with torch.inference_mode():
-        if ecg_emb is None:
-            ecg = torch.from_numpy(np.array(query.ecg, np.float32))[None]
-            ecg_emb = model.encode_ecg(ecg).float().numpy()[0]
-        labs_emb = model.encode_labs(torch.from_numpy(labs), torch.from_numpy(observed))
-        labs_emb = labs_emb.float().numpy()
+    if ecg_emb is None:
+        ecg_emb = embed_ecg(model, np.asarray(query.ecg)[None])[0]
+    labs_emb = embed_labs(model, labs, observed)
     ecg_rows = np.repeat(np.asarray(ecg_emb, np.float32)[None], n + 1, axis=0)
     vectors = query_vector(objective, [ecg_rows, labs_emb]).astype(np.float32)
     return MaskedLabQueries(observed_idx.astype(np.int64), vectors)
@@ -170,15 +131,6 @@ def lab_score_changes(
     return changes, np.argsort(-np.abs(changes), kind="stable")
 
 
-def approximate_value(percentile: float, cdf_values: Sequence[float]) -> float:
-    """The training value at a percentile (inverse of the mid-rank empirical CDF)."""
-    values = np.asarray(cdf_values, dtype=np.float64)
-    if len(values) == 0:
-        return float("nan")
-    grid = (np.arange(len(values)) + 0.5) / len(values)
-    return float(np.interp(percentile, grid, values))
-
-
 def labs_table(
     labs_spec: Sequence[dict[str, Any]],
     labs: np.ndarray,
@@ -188,7 +140,8 @@ def labs_table(
     """One row per lab: label, unit, value, percentile, observed/missing.
 
     `values` are raw values when known (uploads); otherwise the value is read back from the
-    training CDF at the stored percentile (marked ≈).
+    training CDF at the stored percentile, by the inverse of the lab's percentile rule
+    (preprocessing.labs.approximate_value; marked ≈).
     """
     rows = []
     for i, spec in enumerate(labs_spec):
@@ -198,7 +151,7 @@ def labs_table(
         elif values is not None:
             value = f"{values[i]:g}"
         else:
-            value = f"≈ {approximate_value(float(labs[i]), spec['cdf_values']):.3g}"
+            value = f"≈ {approximate_value(float(labs[i]), spec):.3g}"
         rows.append(
             {
                 "lab": spec["label"],

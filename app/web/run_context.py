@@ -3,7 +3,9 @@
 The run directory is read through `symile_clinical.formats.run_dir.RunDir` (its model, its dataset,
 the runs compare.json names), the dataset through `symile_clinical.formats.dataset_dir.DatasetDir`
 (the split the index covers, its manifest, candidate sets and lab list) and the index
-through `symile_clinical.search.index`: this module names none of their files.
+through `symile_clinical.search.index`: this module names none of their files. What the
+admission page shows is built here once per admission (`build_admission`) and kept in the
+run's `app.web.admissions.AdmissionCache`.
 """
 
 from __future__ import annotations
@@ -11,28 +13,33 @@ from __future__ import annotations
 import functools
 import gc
 import logging
+import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from app.web.admissions import Admission, AdmissionCache, admission_ecg
 from app.web.errors import AppError
+from app.web.figures import ecg_png, thumbnail_data_uri
+from app.web.markdown import labs_markdown
+from app.web.queries import Query, labs_table, masked_lab_queries
 from symile_clinical.errors import SymileClinicalError
+from symile_clinical.evaluation.embedding import embed_queries
 from symile_clinical.formats.dataset_dir import CandidateSets, DatasetDir, DatasetError, SplitArrays
 from symile_clinical.formats.run_dir import LoadedRun, RunDir
 from symile_clinical.search.index import INDEX_JSON, CandidateIndex, IndexConfig, ensure_index
 
-if TYPE_CHECKING:
-    from app.web.admissions import Admission, AdmissionCache
-
 log = logging.getLogger(__name__)
 
 RUN_ENV = "SYMILE_CLINICAL_RUN"
+# The device the served model runs on (`symile-clinical app --device`): cpu, cuda or cuda:N.
+DEVICE_ENV = "SYMILE_CLINICAL_DEVICE"
 # Thumbnails are encoded (PNG data: URIs) at start-up for indexes up to this size, on demand beyond.
 EAGER_THUMBNAIL_ROWS = 50_000
 # Admissions prepared at start-up (the rest on first visit): before the server reports
@@ -41,6 +48,10 @@ EAGER_THUMBNAIL_ROWS = 50_000
 # possible with the first visitors' pages.
 PREPARED_ADMISSIONS = 5_000
 WARM_BUDGET_S = 10.0
+# Query embeddings of a split are computed at start-up, in batches, up to this many rows;
+# beyond, per admission on first visit.
+EAGER_EMBEDDING_ROWS = 20_000
+EMBED_BATCH = 64
 
 
 class RunUnavailableError(AppError):
@@ -69,14 +80,6 @@ class RunContext:
     def prepare(self) -> RunContext:
         """Compute what sessions share before serving: thumbnail PNGs and the split's
         query embeddings (batched), for this run and its comparisons; returns self."""
-        from app.web.admissions import (
-            EAGER_EMBEDDING_ROWS,
-            AdmissionCache,
-            build_admission,
-            embed_split_queries,
-        )
-        from app.web.figures import thumbnail_data_uri
-
         self.run.model.eval()
         if len(self.index) <= EAGER_THUMBNAIL_ROWS:
             self._thumbnail_uris = [thumbnail_data_uri(t) for t in self.index.thumbnails]
@@ -86,7 +89,7 @@ class RunContext:
                 lambda position: thumbnail_data_uri(thumbnails[position])
             )
         if len(self.arrays) <= EAGER_EMBEDDING_ROWS:
-            self._query_embeddings = embed_split_queries(self, np.arange(len(self.arrays)))
+            self._query_embeddings = embed_queries(self.run.model, self.arrays, None, EMBED_BATCH)
         self._admissions = AdmissionCache(functools.partial(build_admission, self))
         # What every page run reads, computed now rather than on the first visit.
         _ = (self.logit_scale, self.subject_ids, self.lab_labels, self.admission_labels)
@@ -108,10 +111,16 @@ class RunContext:
         """(ecg [d], labs [d]) query embeddings of a split row with this run's model."""
         if self._query_embeddings is not None:
             return self._query_embeddings[0][row], self._query_embeddings[1][row]
-        from app.web.admissions import embed_split_queries
-
-        ecg, labs = embed_split_queries(self, np.array([row]))
+        ecg, labs = embed_queries(self.run.model, self.arrays, np.array([row]))
         return ecg[0], labs[0]
+
+    def split_query(self, row: int) -> Query:
+        """The stored, preprocessed inputs of a split row."""
+        return Query(
+            ecg=np.asarray(self.arrays.ecg[row], np.float32),
+            labs=np.asarray(self.arrays.labs[row], np.float32),
+            observed=np.asarray(self.arrays.labs_observed[row], np.float32),
+        )
 
     def admission(self, row: int) -> Admission:
         """What the admission page shows for split row `row`, built once and shared."""
@@ -174,6 +183,32 @@ class RunContext:
         return self.index.positions_of_rows(self.candidates.candidate_rows[hit[0]])
 
 
+def build_admission(context: RunContext, row: int) -> Admission:
+    """Everything the admission page shows for split row `row` that does not depend on the
+    session's choices (pool, k, page, the result explained)."""
+    query = context.split_query(row)
+    runs = [context, *context.comparisons]
+    embeddings = {c.label: c.query_embeddings(row) for c in runs}
+    true_positions = {c.label: int(c.index.positions_of_rows(np.array([row]))[0]) for c in runs}
+    ecg_emb, _ = embeddings[context.label]
+    masked = masked_lab_queries(context.run.model, context.objective, query, ecg_emb, context.fill)
+    ecg_path = str(context.manifest["ecg_path"].iloc[row])
+    signal, unit = admission_ecg(context.dataset.info, ecg_path, context.arrays.ecg[row])
+    labs = labs_table(context.labs_spec, query.labs, query.observed)
+    return Admission(
+        row=row,
+        query=query,
+        embeddings=embeddings,
+        true_positions=true_positions,
+        paper_pools={c.label: c.paper_pool(row) for c in runs},
+        masked_labs=masked,
+        labs=labs,
+        labs_markdown=labs_markdown(labs),
+        ecg_image=ecg_png(signal, float(context.ecg_info["sampling_hz"]), unit),
+        ecg_unit=unit,
+    )
+
+
 def run_dir_from_args(argv: Sequence[str], environ: Mapping[str, str]) -> Path | None:
     """`--run RUN` from the script's arguments (`streamlit run app.py -- --run RUN`), else
     the SYMILE_CLINICAL_RUN environment variable, else None."""
@@ -211,7 +246,7 @@ def open_run(
     if not run_dir.path.is_dir():
         raise RunUnavailableError(run_dir.path, "no such run directory")
     try:
-        run = run_dir.load(checkpoint)
+        run = run_dir.load(checkpoint, os.environ.get(DEVICE_ENV, "cpu"))
         dataset = run_dir.dataset()
         config = IndexConfig(run_dir=run_dir.path, data_dir=dataset.path, split=split)
         index, rebuilt = ensure_index(run, config, progress=False)

@@ -17,7 +17,7 @@ import numpy as np
 import streamlit as st
 
 from app.web.markdown import markdown_table
-from app.web.queries import MaskedLabQueries, Query, Ranking, lab_score_changes, rank_candidates
+from app.web.queries import MaskedLabQueries, Query, lab_score_changes, rank_candidates
 from app.web.run_context import (
     RunContext,
     RunUnavailableError,
@@ -27,6 +27,7 @@ from app.web.run_context import (
     served_run,
 )
 from symile_clinical.evaluation.embedding import embed_query
+from symile_clinical.search.index import Ranking
 
 log = logging.getLogger(__name__)
 

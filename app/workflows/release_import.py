@@ -24,13 +24,12 @@ def reference_config(state_dict: dict[str, Any], hyper: dict[str, Any], source: 
     """The TrainConfig of a reference checkpoint: the reference architecture shaped by its
     weights (d, number of labs) and the objective of its hyper_parameters."""
     from models import ModelConfig
+    from models.reference_mimic import REFERENCE_CXR_SIZE, reference_shape
     from symile_clinical.formats.lightning_checkpoint import LightningCheckpointError
-    from symile_clinical.training.config import TrainConfig
+    from symile_clinical.formats.run_config import TrainConfig
 
     try:
-        d = int(state_dict["labs_encoder.fc3.weight"].shape[0])
-        n_labs = int(state_dict["labs_encoder.fc1.weight"].shape[1]) // 2
-        logit_scale = float(state_dict["logit_scale"])
+        shape = reference_shape(state_dict)
     except KeyError as error:
         raise LightningCheckpointError(
             source, f"not a Symile-MIMIC reference model (no {error.args[0]})"
@@ -41,12 +40,12 @@ def reference_config(state_dict: dict[str, Any], hyper: dict[str, Any], source: 
     negatives = str(hyper.get("negative_sampling", "n"))
     model = ModelConfig(
         arch="symile_mimic_reference",
-        embed_dim=d,
+        embed_dim=shape.embed_dim,
         projection="layernorm",
-        n_labs=n_labs,
-        cxr_size=320,
+        n_labs=shape.n_labs,
+        cxr_size=REFERENCE_CXR_SIZE,
         ecg_samples=5000,
-        logit_scale_init=float(hyper.get("logit_scale_init", logit_scale)),
+        logit_scale_init=float(hyper.get("logit_scale_init", shape.logit_scale)),
         freeze_logit_scale=bool(hyper.get("freeze_logit_scale", False)),
     )
     lr = hyper.get("lr")
@@ -64,7 +63,7 @@ def import_release_run(checkpoint: Path, run_dir: Path, dataset: Any) -> Any:
     """OUT/run from the authors' checkpoint: config.json + checkpoints/best.pt, the weights
     loaded strictly into the reference architecture first. Skipped when already written."""
     from models import build_model
-    from symile_clinical.formats.checkpoint import file_sha256, save_checkpoint
+    from symile_clinical.formats.checkpoint import CHECKPOINT_FORMAT, file_sha256, save_checkpoint
     from symile_clinical.formats.lightning_checkpoint import (
         LightningCheckpointError,
         read_lightning_checkpoint,
@@ -91,7 +90,7 @@ def import_release_run(checkpoint: Path, run_dir: Path, dataset: Any) -> Any:
             checkpoint, f"does not fit the Symile-MIMIC reference architecture: {error}"
         ) from error
     state = {
-        "format": 1,
+        "format": CHECKPOINT_FORMAT,
         "model": model.state_dict(),
         "source": {
             "kind": "lightning checkpoint",

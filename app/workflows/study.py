@@ -1,36 +1,51 @@
 """`symile-clinical study`: the joint-fraction experiment end to end, Symile against CLIP.
 
-For each joint fraction F and cohort seed, a synthetic cohort is generated and preprocessed
-(OUT/cohorts/F<F>_c<seed>/mimic, .../dataset) through the public entry points of
-`preprocessing.synth` and `preprocessing.pipeline`; then each objective is trained with its
-own recipe (a preset of symile_clinical.training.config) for every training seed, and its best
-checkpoint (chosen on val by the trainer) is measured once on the test split
-(experiments.study_cells.run_cell). The report (OUT/report/) gives the mean test top-1 per
-(F, objective) with a CI over runs, the paired Symile - CLIP difference per F, the labs'
-gain per objective and a plot of accuracy against F.
+The workflow: cohorts, pretraining and the scheduling of the study's cells.
 
-It lives in app/ (like app/workflows/demo.py) because it generates cohorts, and symile_clinical may
-not import preprocessing. Resumable: a cohort whose dataset is complete and a cell whose
-study_result.json exists are reused; a killed training resumes from its checkpoint.
+- For each joint fraction F and cohort seed, a synthetic cohort is synthesised and
+  preprocessed (OUT/cohorts/F<F>_c<seed>/mimic, .../dataset) by app.workflows.cohort, the
+  builder and "up to date" rule the demo uses too;
+- with `pretrain`, the encoders are first pretrained on a separate labelled cohort
+  (OUT/pretrain/, seed PRETRAIN_SEED, F PRETRAIN_FRACTION), again by app.workflows.cohort;
+- every cell (a cohort, an objective with its recipe, a training seed) is trained and its
+  best checkpoint (chosen on val by the trainer) measured once on the test split by
+  symile_clinical.experiments.study_cells.run_cell, in `jobs` processes side by side;
+- the summary and the report (OUT/report/: markdown, HTML, PNG) come from
+  experiments.study_cells and experiments.study_report.
+
+It lives in app/ because it makes cohorts, and symile_clinical may not import preprocessing.
+Resumable: a current cohort or encoders file is kept, a cell whose study_result.json exists
+is read back, and a killed training resumes from its checkpoint.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from app.workflows.cohort import (
+    PRETRAIN_FRACTION,
+    PRETRAIN_SEED,
+    CohortSpec,
+    Steps,
+    ensure_cohort,
+    ensure_pretrained_encoders,
+    refuse_pretraining_on_measured,
+)
 from symile_clinical.errors import UsageError
 from symile_clinical.formats.dataset_dir import DatasetDir
 
+if TYPE_CHECKING:
+    from symile_clinical.experiments.study_cells import StudyCell
+
 log = logging.getLogger(__name__)
 
-# Each objective's recipe: a preset name of symile_clinical.training.config (chosen on validation by
-# benchmarks/recipe_search.py; docs/diagnosis.md).
+# Each objective's recipe: a preset name of symile_clinical.training.config (chosen on
+# validation by benchmarks/recipe_search.py; docs/diagnosis.md).
 DEFAULT_RECIPES = {"symile": "demo", "clip": "demo-clip"}
 
 
@@ -47,7 +62,8 @@ class StudyConfig:
     jobs: int = 2
     max_steps: int | None = None  # None: the recipes' own length
     encoder_weights: Path | None = None  # pretrained encoders for every run (both objectives)
-    # Make them first from a separate labelled cohort (OUT/pretrain/, seed PRETRAIN_SEED, F 0.5)
+    # Make them first from a separate labelled cohort (OUT/pretrain/, seed PRETRAIN_SEED,
+    # F PRETRAIN_FRACTION)
     pretrain: bool = False
     pretrain_epochs: int = 20
     cxr_max_size: int = 256
@@ -68,9 +84,9 @@ class StudyConfig:
         }
         return cls(**{**values, **changes})
 
-
-# The pretraining cohort: another synthetic hospital, the demo's (app/workflows/demo.py) by default.
-PRETRAIN_SEED, PRETRAIN_FRACTION = 7, 0.5
+    def cohort(self, fraction: float, cohort_seed: int) -> CohortSpec:
+        """The cohort of one joint fraction and cohort seed."""
+        return CohortSpec(self.admissions, cohort_seed, fraction, self.cxr_max_size, self.cxr_size)
 
 
 def cohort_dir(config: StudyConfig, fraction: float, cohort_seed: int) -> Path:
@@ -78,83 +94,43 @@ def cohort_dir(config: StudyConfig, fraction: float, cohort_seed: int) -> Path:
     return Path(config.out) / "cohorts" / f"F{fraction:g}_c{cohort_seed}"
 
 
-def ensure_cohort(
-    config: StudyConfig, fraction: float, cohort_seed: int, folder: Path | None = None
+def ensure_study_cohort(
+    config: StudyConfig, fraction: float, cohort_seed: int, steps: Steps
 ) -> DatasetDir:
-    """Generate and preprocess one cohort (into `folder`, default `cohort_dir`) unless its
-    dataset is already complete."""
-    from preprocessing.pipeline import PreprocessConfig, run_preprocess
-    from preprocessing.synth.config import SynthConfig
-    from preprocessing.synth.generate import generate_cohort
-
-    folder = folder or cohort_dir(config, fraction, cohort_seed)
-    dataset = DatasetDir(folder / "dataset")
-    if dataset.is_complete():
-        return dataset
-    # A cohort left half-made by a killed study is made again from scratch.
-    shutil.rmtree(folder, ignore_errors=True)
-    log.info("study: cohort F=%g seed %d ...", fraction, cohort_seed)
-    generate_cohort(
-        SynthConfig(
-            out=folder / "mimic",
-            admissions=config.admissions,
-            seed=cohort_seed,
-            joint_fraction=fraction,
-            workers=max(1, config.jobs),
-            cxr_max_size=config.cxr_max_size,
-            progress=False,
-        )
+    """The cohort of (F, cohort seed) in `cohort_dir`, made unless current."""
+    folder = cohort_dir(config, fraction, cohort_seed)
+    return ensure_cohort(
+        config.cohort(fraction, cohort_seed), folder, steps, f"{folder.name}/", max(1, config.jobs)
     )
-    run_preprocess(
-        PreprocessConfig(
-            mimic_root=folder / "mimic",
-            out=dataset.path,
-            workers=max(1, config.jobs),
-            cxr_size=config.cxr_size,
-            seed=cohort_seed,
-            progress=False,
-        )
-    )
-    return dataset
 
 
-def ensure_pretrained_encoders(config: StudyConfig) -> Path:
+def pretrained_encoders(config: StudyConfig, steps: Steps) -> Path:
     """OUT/pretrain/encoders.pt: the Symile recipe's encoders (training seed 0) pretrained
-    on the findings of a separate cohort (OUT/pretrain/, seed PRETRAIN_SEED, F 0.5), made
-    unless already there."""
-    from preprocessing.synth.labels import write_finding_labels
-    from symile_clinical.formats.atomic import write_json_atomic
-    from symile_clinical.training.config import config_to_dict, load_config
-    from symile_clinical.training.pretrain import pretrain_encoders
+    on the findings of a separate cohort (seed PRETRAIN_SEED, F PRETRAIN_FRACTION), made
+    unless current."""
+    from symile_clinical.training.config import load_config
 
-    folder = Path(config.out) / "pretrain"
-    weights, stamp = folder / "encoders.pt", folder / "encoders.json"
     recipe = dataclasses.replace(load_config(config.recipes["symile"]), seed=0)
-    trained = config_to_dict(recipe)
-    inputs = {
-        "cohort": [config.admissions, config.cxr_max_size, config.cxr_size],
-        "epochs": config.pretrain_epochs,
-        **{k: trained[k] for k in ("model", "lr", "weight_decay", "batch_size", "seed")},
-    }
-    if weights.exists() and stamp.exists() and json.loads(stamp.read_text()) == inputs:
-        return weights
-    shutil.rmtree(folder, ignore_errors=True)  # made for another study size or recipe
-    dataset = ensure_cohort(config, PRETRAIN_FRACTION, PRETRAIN_SEED, folder)
-    labels = write_finding_labels(folder / "mimic", folder / "labels.csv")
-    pretrain_encoders(
-        recipe, dataset, labels, weights, config.pretrain_epochs, progress=config.progress
+    return ensure_pretrained_encoders(
+        recipe,
+        config.cohort(PRETRAIN_FRACTION, PRETRAIN_SEED),
+        Path(config.out) / "pretrain",
+        config.pretrain_epochs,
+        steps,
+        max(1, config.jobs),
+        config.progress,
     )
-    write_json_atomic(stamp, inputs)
-    return weights
 
 
-def _check_weights_fit(config: StudyConfig) -> None:
+def _check_weights_fit(config: StudyConfig, steps: Steps) -> None:
     """Every recipe's model takes the encoder weights (a ConfigError naming the file and the
     encoder otherwise, exit 1), before any cell trains."""
     from models import WeightsError, build_model
-    from symile_clinical.training.config import ConfigError, fit_model_to_data, load_config
+    from symile_clinical.formats.run_config import ConfigError
+    from symile_clinical.training.config import fit_model_to_data, load_config
 
-    train = ensure_cohort(config, config.fractions[0], config.cohort_seeds[0]).split("train")
+    first = ensure_study_cohort(config, config.fractions[0], config.cohort_seeds[0], steps)
+    train = first.split("train")
     for recipe in config.recipes.values():
         model = fit_model_to_data(load_config(recipe), train).model
         try:
@@ -163,32 +139,67 @@ def _check_weights_fit(config: StudyConfig) -> None:
             raise ConfigError(error.path, f"{error.reason} (recipe {recipe})") from error
 
 
+def run_cells(
+    cells: Sequence[tuple[StudyCell, Path]],
+    runs_root: Path,
+    jobs: int,
+    max_steps: int | None = None,
+    progress: bool = True,
+    encoder_weights: str | None = None,
+) -> list[dict[str, Any]]:
+    """Run every (cell, dataset) in `jobs` spawned processes (1 torch thread each), with a
+    tqdm bar; finished cells are read back, so a killed study resumes where it stopped.
+    Results come in the order of `cells`."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from tqdm import tqdm
+
+    from symile_clinical.experiments.study_cells import run_cell
+
+    bar = tqdm(total=len(cells), desc="study", unit="run", disable=not progress)
+    results: list[dict[str, Any]] = []
+    if jobs <= 1:
+        for cell, dataset in cells:
+            results.append(run_cell(cell, dataset, runs_root, max_steps, encoder_weights))
+            bar.update(1)
+    else:
+        context = multiprocessing.get_context("spawn")  # no fork of a process holding torch
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+            futures = [
+                pool.submit(run_cell, c, d, runs_root, max_steps, encoder_weights) for c, d in cells
+            ]
+            for future in as_completed(futures):
+                future.result()  # a failed cell is raised as soon as it fails
+                bar.update(1)
+            results = [future.result() for future in futures]
+    bar.close()
+    return results
+
+
 def run_study(config: StudyConfig, command: str = "symile-clinical study") -> dict[str, Any]:
     """Cohorts, every cell, the report; returns {"summary", "files", "results"}."""
-    from symile_clinical.experiments.study_cells import (
-        StudyCell,
-        run_cells,
-        summarise_study,
-        write_study_report,
-    )
+    from symile_clinical.experiments.study_cells import StudyCell, summarise_study
+    from symile_clinical.experiments.study_report import write_study_report
 
+    steps = Steps(Path(config.out))
     if config.pretrain:
         if config.encoder_weights is not None:
             raise UsageError("--pretrain", "makes the encoder weights: drop --encoder-weights")
-        if PRETRAIN_SEED in config.cohort_seeds:
-            raise UsageError(
-                "--cohort-seeds",
-                f"cohort seed {PRETRAIN_SEED} is the pretraining cohort's: the encoders would "
-                "have seen that cohort's labels (use at most 7 cohort seeds with --pretrain)",
-            )
-        config = dataclasses.replace(config, encoder_weights=ensure_pretrained_encoders(config))
+        refuse_pretraining_on_measured(
+            "--cohort-seeds",
+            config.cohort_seeds,
+            PRETRAIN_SEED,
+            f" (use at most {PRETRAIN_SEED} cohort seeds with --pretrain)",
+        )
+        config = dataclasses.replace(config, encoder_weights=pretrained_encoders(config, steps))
     if config.encoder_weights is not None:
-        _check_weights_fit(config)
+        _check_weights_fit(config, steps)
 
     cells = []
     for fraction in config.fractions:
         for cohort_seed in config.cohort_seeds:
-            dataset = ensure_cohort(config, fraction, cohort_seed)
+            dataset = ensure_study_cohort(config, fraction, cohort_seed, steps)
             for objective, recipe in config.recipes.items():
                 for seed in config.seeds:
                     cell = StudyCell(fraction, cohort_seed, objective, recipe, seed)

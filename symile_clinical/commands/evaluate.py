@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from symile_clinical.cli import int_at_least
+from symile_clinical.commands import add_run_options
 
 log = logging.getLogger(__name__)
 
@@ -24,18 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "metrics.json, report.md, report.html and PNG plots to RUN/report/."
         ),
     )
-    # dest is not "run": the CLI keeps the command's callable in args.run.
-    parser.add_argument(
-        "--run",
-        dest="run_dir",
-        metavar="RUN",
-        type=Path,
-        required=True,
-        help="run directory",
-    )
-    parser.add_argument(
-        "--data", type=Path, default=None, help="dataset directory (default: the run's)"
-    )
+    add_run_options(parser, "run directory")
     parser.add_argument(
         "--compare",
         type=Path,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
+
+from symile_clinical.commands import add_run_options
 
 log = logging.getLogger(__name__)
 
@@ -25,17 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "is rebuilt."
         ),
     )
-    parser.add_argument(
-        "--run",
-        dest="run_dir",
-        metavar="RUN",
-        type=Path,
-        required=True,
-        help="run directory (from `train`)",
-    )
-    parser.add_argument(
-        "--data", type=Path, default=None, help="dataset directory (default: the run's)"
-    )
+    add_run_options(parser, "run directory (from `train`)")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
     parser.add_argument("--checkpoint", default="best", help="best | last | a file name")
     parser.add_argument("--batch-size", type=int, default=64)

@@ -116,8 +116,9 @@ def _overrides(args: argparse.Namespace, names: dict[str, str]) -> dict[str, obj
 def run(args: argparse.Namespace) -> int:
     """Build the TrainConfig (preset/TOML + flags, or the run's own on --resume) and train."""
     from symile_clinical.errors import UsageError
+    from symile_clinical.formats.run_config import config_from_dict
     from symile_clinical.formats.run_dir import RunDir
-    from symile_clinical.training.config import config_from_dict, load_config
+    from symile_clinical.training.config import load_config
     from symile_clinical.training.trainer import train
 
     overrides = _overrides(args, TRAIN_OVERRIDES)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,12 @@ from symile_clinical.evaluation.bootstrap import (
     bootstrap_mean,
     paired_bootstrap_difference,
 )
-from symile_clinical.evaluation.embedding import cxr_thumbnails, embed_masked_labs, embed_split
+from symile_clinical.evaluation.embedding import (
+    SplitEmbeddings,
+    cxr_thumbnails,
+    embed_masked_labs,
+    embed_split,
+)
 from symile_clinical.evaluation.report import (
     ExampleQuery,
     plot_accuracy_by_lab_bins,
@@ -100,16 +105,6 @@ class EvaluateConfig:
 
 
 @dataclass
-class SplitEmbeddings:
-    """A run's embeddings of every row of a split, float32 [N, d] each (numpy, CPU)."""
-
-    ecg: np.ndarray
-    labs: np.ndarray
-    labs_masked: np.ndarray  # labs embedded with every lab masked: an ECG-only query
-    cxr: np.ndarray
-
-
-@dataclass
 class RunEvaluation:
     """One run's metrics dict plus the per-query values that paired comparisons need."""
 
@@ -133,7 +128,7 @@ class EvaluationResult:
 def embed_for_evaluation(
     loaded: LoadedRun, arrays: SplitArrays, fill: np.ndarray, batch_size: int, device: str
 ) -> SplitEmbeddings:
-    """Embed every row of a split with a run's model, plus the all-labs-masked labs query.
+    """Embed every row of a split with a run's model, with `labs_masked` (every lab masked).
 
     fill: float32 [L], the percentile every missing lab is filled with (dataset.json).
     With every lab masked all rows have the same labs input, so one embedding serves all.
@@ -141,13 +136,8 @@ def embed_for_evaluation(
     model = loaded.model.to(device)
     embeddings = embed_split(model, arrays, device, batch_size)
     masked = embed_masked_labs(model, fill, device)
-    return SplitEmbeddings(
-        ecg=embeddings.ecg,
-        labs=embeddings.labs,
-        # A read-only broadcast view: [N, d] without N copies of the same row.
-        labs_masked=np.broadcast_to(masked, (len(arrays), masked.shape[0])),
-        cxr=embeddings.cxr,
-    )
+    # A read-only broadcast view: [N, d] without N copies of the same row.
+    return replace(embeddings, labs_masked=np.broadcast_to(masked, embeddings.labs.shape))
 
 
 def lab_count_bins(n_labs: int, n_bins: int = 5) -> list[tuple[int, int]]:

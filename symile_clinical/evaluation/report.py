@@ -22,9 +22,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from symile_clinical.formats.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
+from symile_clinical.formats.run_dir import MARKDOWN_FILE, METRICS_FILE
 
-METRICS_FILE = "metrics.json"
-MARKDOWN_FILE = "report.md"
 HTML_FILE = "report.html"
 PLOT_FILES = {
     "accuracy": "accuracy_ci.png",

@@ -1,1 +1,1 @@
-"""Experiments: the XOR reproduction and the study's cells."""
+"""Experiments: the XOR reproduction, the study's cells and summary, the study's report."""

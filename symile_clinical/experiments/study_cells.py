@@ -1,12 +1,17 @@
-"""The joint-fraction study's measurements: what a trained run scores, and how it uses the labs.
+"""One cell of the joint-fraction study (train one run, measure it), and the summary over cells.
 
-Pure model-and-dataset measures, no MIMIC and no synthetic truth (app/workflows/study.py makes the
-cohorts; benchmarks/recipe_search.py adds probes against the synthetic truth):
+A cell is a cohort (joint fraction, cohort seed), an objective with its recipe and a training
+seed. `run_cell` trains it (resuming a killed run) and measures its best checkpoint once on
+the test split; `summarise_study` and `report_tables` reduce the cells' results to the
+study's tables. The measures read a run directory and a dataset directory only: no MIMIC and
+no synthetic truth (app/workflows/study.py makes the cohorts and schedules the cells;
+experiments/study_report.py writes the report; benchmarks/recipe_search.py adds probes
+against the synthetic truth):
 
-- `measure_split`: top-1 among the K candidates with the full query, with every lab masked
-  (an ECG-only query) and with the labs embeddings shuffled across the split's admissions
-  (each query keeps its ECG but gets another admission's labs), per query so that seeds and
-  objectives can be paired;
+- `measure_embeddings`: top-1 among the K candidates with the full query, with every lab
+  masked (an ECG-only query) and with the labs embeddings shuffled across the split's
+  admissions (each query keeps its ECG but gets another admission's labs), per query so
+  that seeds and objectives can be paired;
 - `embedding_spread`: per modality, the mean cosine between different rows and the
   effective rank, which show a collapsed modality (all rows alike, or a few directions);
 - `logit_scale_trajectory`: exp(logit scale) by step from a run's metrics log.
@@ -20,7 +25,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,6 +34,9 @@ from symile_clinical.evaluation.embedding import SplitEmbeddings, embed_masked_l
 from symile_clinical.evaluation.retrieval import rank_queries, top1_correct
 from symile_clinical.formats.dataset_dir import DatasetDir
 from symile_clinical.formats.run_dir import RunDir
+
+if TYPE_CHECKING:
+    from symile_clinical.formats.run_config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -161,11 +169,9 @@ class StudyCell:
 
 def cell_config(
     cell: StudyCell, max_steps: int | None = None, encoder_weights: str | None = None
-) -> Any:
+) -> TrainConfig:
     """The TrainConfig of a cell: its recipe with the cell's objective and seed, on CPU,
     with its encoders started from `encoder_weights` when given."""
-    import dataclasses as dc
-
     from symile_clinical.training.config import load_config
 
     config = load_config(cell.recipe)
@@ -174,7 +180,7 @@ def cell_config(
         changes["max_steps"] = max_steps
     if encoder_weights is not None:
         changes["encoder_weights"] = encoder_weights
-    return dc.replace(config, **changes)
+    return dataclasses.replace(config, **changes)
 
 
 def run_cell(
@@ -191,7 +197,7 @@ def run_cell(
 
     from symile_clinical.formats.atomic import write_json_atomic
     from symile_clinical.formats.checkpoint import file_sha256
-    from symile_clinical.training.config import config_to_dict
+    from symile_clinical.formats.run_config import config_to_dict
     from symile_clinical.training.trainer import train
 
     torch.set_num_threads(1)
@@ -299,22 +305,14 @@ def summarise_study(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _pct(estimate: dict[str, float]) -> str:
-    if np.isnan(estimate["ci_low"]):
-        return f"{100 * estimate['mean']:.1f}"
-    return (
-        f"{100 * estimate['mean']:.1f} [{100 * estimate['ci_low']:.1f}, "
-        f"{100 * estimate['ci_high']:.1f}]"
-    )
-
-
-def _signed(estimate: dict[str, float]) -> str:
-    if np.isnan(estimate["ci_low"]):
-        return f"{100 * estimate['mean']:+.1f}"
-    return (
-        f"{100 * estimate['mean']:+.1f} [{100 * estimate['ci_low']:+.1f}, "
-        f"{100 * estimate['ci_high']:+.1f}]"
-    )
+def _pct(estimate: dict[str, float], sign: str = "") -> str:
+    """'34.0 [30.1, 38.2]' (percent) from a `mean_ci`; sign '+' for differences; no interval
+    when there is none (one run)."""
+    points = [estimate["mean"]]
+    if not np.isnan(estimate["ci_low"]):
+        points += [estimate["ci_low"], estimate["ci_high"]]
+    mean, *interval = (f"{100 * value:{sign}.1f}" for value in points)
+    return f"{mean} [{', '.join(interval)}]" if interval else mean
 
 
 def report_tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
@@ -328,7 +326,7 @@ def report_tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[li
             _pct(c["top1"]),
             _pct(c["ecg_only_top1"]),
             _pct(c["labs_shuffled_top1"]),
-            _signed(c["labs_gain"]),
+            _pct(c["labs_gain"], "+"),
             str(c["top1"]["n"]),
             str(c["n_test_queries"]),
             f"+-{100 * c['one_run_ci_half_width']:.1f}",
@@ -338,7 +336,7 @@ def report_tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[li
     diffs = [
         [
             f,
-            _signed(d),
+            _pct(d, "+"),
             str(d["n"]),
             "yes" if not np.isnan(d["ci_low"]) and d["ci_low"] > 0 else "no",
         ]
@@ -367,122 +365,3 @@ def report_tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[li
             diffs,
         ),
     ]
-
-
-def plot_accuracy_vs_fraction(summary: dict[str, Any]) -> bytes:
-    """PNG: mean test top-1 against the joint fraction, per objective, with CI error bars."""
-    from matplotlib.figure import Figure
-
-    from symile_clinical.evaluation.report import figure_to_png
-
-    figure = Figure(figsize=(5.5, 3.8))
-    axes = figure.add_subplot()
-    for offset, objective in zip((-0.015, 0.015), summary["objectives"], strict=False):
-        rows = [c for c in summary["cells"].values() if c["objective"] == objective]
-        x = np.array([c["joint_fraction"] for c in rows]) + offset
-        y = np.array([100 * c["top1"]["mean"] for c in rows])
-        low = np.array([100 * c["top1"]["ci_low"] for c in rows])
-        high = np.array([100 * c["top1"]["ci_high"] for c in rows])
-        err = np.nan_to_num(np.vstack([y - low, high - y]))
-        axes.errorbar(x, y, yerr=err, marker="o", capsize=4, label=objective)
-    axes.set_xticks(summary["fractions"])
-    axes.set_xlim(-0.1, 1.1)
-    axes.axhline(10, color="grey", linestyle=":", label="chance (1/10)")
-    axes.set_xlabel("joint fraction F (share of XOR markers)")
-    axes.set_ylabel("test top-1 (%)")
-    axes.set_title("CXR retrieval from ECG + labs, synthetic cohorts")
-    axes.legend()
-    return figure_to_png(figure)
-
-
-def write_study_report(out: str | Path, summary: dict[str, Any], command: str) -> dict[str, Path]:
-    """OUT/report/: summary.json, report.md, report.html (PNG inlined), accuracy_vs_F.png."""
-    import base64
-    import html
-
-    from symile_clinical.formats.atomic import (
-        write_bytes_atomic,
-        write_json_atomic,
-        write_text_atomic,
-    )
-
-    folder = Path(out) / "report"
-    png = plot_accuracy_vs_fraction(summary)
-    tables = report_tables(summary)
-    lines = [
-        "# Symile vs CLIP on synthetic cohorts by joint fraction",
-        "",
-        f"Command: `{command}`",
-        "",
-        f"{summary['n_runs']} runs.",
-        "",
-    ]
-    for title, header, rows in tables:
-        lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
-        lines.append("")
-    lines += ["![accuracy vs F](accuracy_vs_F.png)", ""]
-    parts = [
-        "<!doctype html><meta charset='utf-8'><title>Symile vs CLIP study</title>",
-        "<h1>Symile vs CLIP on synthetic cohorts by joint fraction</h1>",
-        f"<p>Command: <code>{html.escape(command)}</code>; {summary['n_runs']} runs.</p>",
-    ]
-    for title, header, rows in tables:
-        parts.append(f"<h2>{html.escape(title)}</h2><table border='1' cellpadding='4'>")
-        parts.append("<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
-        parts += [
-            "<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>" for row in rows
-        ]
-        parts.append("</table>")
-    parts.append(
-        f"<img alt='accuracy vs F' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
-    )
-    files = {
-        "summary": write_json_atomic(folder / "summary.json", summary),
-        "markdown": write_text_atomic(folder / "report.md", "\n".join(lines)),
-        "html": write_text_atomic(folder / "report.html", "\n".join(parts) + "\n"),
-        "png": write_bytes_atomic(folder / "accuracy_vs_F.png", png),
-    }
-    return files
-
-
-def run_cells(
-    cells: Sequence[tuple[StudyCell, Path]],
-    runs_root: Path,
-    jobs: int,
-    max_steps: int | None = None,
-    progress: bool = True,
-    encoder_weights: str | None = None,
-) -> list[dict[str, Any]]:
-    """Run every (cell, dataset) in `jobs` spawned processes (1 torch thread each), with a
-    tqdm bar; finished cells are read back, so a killed study resumes where it stopped."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    from tqdm import tqdm
-
-    results = []
-    bar = tqdm(total=len(cells), desc="study", unit="run", disable=not progress)
-    if jobs <= 1:
-        for cell, dataset in cells:
-            results.append(run_cell(cell, dataset, runs_root, max_steps, encoder_weights))
-            bar.update(1)
-    else:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-            futures = [
-                pool.submit(run_cell, c, d, runs_root, max_steps, encoder_weights) for c, d in cells
-            ]
-            for future in as_completed(futures):
-                results.append(future.result())
-                bar.update(1)
-    bar.close()
-    order = {cell.key: i for i, (cell, _) in enumerate(cells)}
-    return sorted(
-        results,
-        key=lambda r: order[
-            StudyCell(
-                r["joint_fraction"], r["cohort_seed"], r["objective"], r["recipe"], r["seed"]
-            ).key
-        ],
-    )

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from models import SymileModel, build_model
+from models import ThreeModalityModel, build_model
 from symile_clinical.errors import SymileClinicalError
 from symile_clinical.formats.atomic import write_json_atomic
 from symile_clinical.formats.checkpoint import (
@@ -33,14 +33,20 @@ from symile_clinical.formats.checkpoint import (
 )
 from symile_clinical.formats.dataset_dir import DatasetDir
 from symile_clinical.formats.folder import FormatDir
-from symile_clinical.training.config import (
-    ConfigError,
+from symile_clinical.formats.run_config import (
+    DATASET_KEY,
     TrainConfig,
     config_from_dict,
-    config_to_dict,
+    read_config_json,
+    write_config_json,
 )
 
 log = logging.getLogger(__name__)
+
+# RUN/report/'s files (symile_clinical.evaluation.report writes them): metrics.json, written
+# last (its presence: a whole report), and report.md, the report the app shows.
+METRICS_FILE = "metrics.json"
+MARKDOWN_FILE = "report.md"
 
 
 class RunError(SymileClinicalError):
@@ -49,9 +55,10 @@ class RunError(SymileClinicalError):
 
 @dataclass
 class LoadedRun:
-    """A trained model ready to embed (eval mode) with the config that made it."""
+    """A trained model ready to embed (eval mode) with the config that made it: a SymileModel,
+    or the reference architecture for an imported run."""
 
-    model: SymileModel
+    model: ThreeModalityModel
     config: TrainConfig
     objective: str
     run: RunDir
@@ -124,15 +131,11 @@ class RunDir(FormatDir):
     @property
     def report_metrics(self) -> Path:
         """RUN/report/metrics.json, written last by `evaluate` (its presence: a whole report)."""
-        from symile_clinical.evaluation.report import METRICS_FILE
-
         return self.report_dir / METRICS_FILE
 
     @property
     def report_markdown(self) -> Path:
         """RUN/report/report.md, the report the app shows."""
-        from symile_clinical.evaluation.report import MARKDOWN_FILE
-
         return self.report_dir / MARKDOWN_FILE
 
     @property
@@ -165,25 +168,13 @@ class RunDir(FormatDir):
         return Path(which)
 
     # ------------------------------------------------------------------ config.json
-    def _config_values(self) -> dict:
-        path = self.config_path
-        try:
-            values = json.loads(path.read_text())
-        except FileNotFoundError as error:
-            raise ConfigError(str(path), "missing: not a training run directory") from error
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ConfigError(str(path), f"invalid JSON: {error}") from error
-        if not isinstance(values, dict):
-            raise ConfigError(str(path), "not a JSON object")
-        return values
-
     def has_config(self) -> bool:
         """Whether config.json exists."""
         return self.config_path.is_file()
 
     def read_config(self) -> TrainConfig:
         """RUN/config.json as a TrainConfig (ConfigError naming the file when it is not one)."""
-        values = self._config_values()
+        values = read_config_json(self.config_path)
         return config_from_dict(values, source=str(self.config_path))
 
     def recorded_dataset(self) -> DatasetDir | None:
@@ -192,7 +183,7 @@ class RunDir(FormatDir):
         New runs record an absolute path. A relative one (older runs) is taken relative to
         the run directory when it exists there, else to the working directory.
         """
-        data = self._config_values().get("data")
+        data = read_config_json(self.config_path).get(DATASET_KEY)
         if not data:
             return None
         path = Path(data)
@@ -212,7 +203,7 @@ class RunDir(FormatDir):
     def write_config(self, config: TrainConfig, dataset: DatasetDir) -> None:
         """Write config.json atomically: the config plus the dataset's absolute path."""
         self.checkpoints_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.config_path, {**config_to_dict(config), "data": str(dataset.path)})
+        write_config_json(self.config_path, config, dataset.path)
 
     # ------------------------------------------------------------------ compare.json
     def comparisons(self) -> list[tuple[str, RunDir]]:
@@ -247,7 +238,8 @@ class RunDir(FormatDir):
     def load(
         self, checkpoint: str | os.PathLike[str] = "best", device: str | torch.device = "cpu"
     ) -> LoadedRun:
-        """This run's config and a checkpoint's weights in a SymileModel in eval mode."""
+        """This run's config and a checkpoint's weights in its model (config.model.arch's:
+        a SymileModel, or the reference architecture) in eval mode."""
         config = self.read_config()
         path = self.checkpoint(checkpoint)
         state = load_checkpoint(path, map_location="cpu")

@@ -7,7 +7,8 @@ products with each query modality, <e, c> + <l, c> = <e + l, c>, so its query ve
 q = e + l (the same scores as objective.similarity). Exact search by matrix product is the
 default; an optional faiss backend (flat, or approximate: an HNSW graph or IVF lists, both
 searching by inner product itself) serves pools of millions, tuned and reported by its
-recall against exact search.
+recall against exact search. `CandidateIndex.rank` is one query over a pool as the app shows
+it: the top k with their softmax probabilities over the pool and the true candidate's rank.
 
 On disk, ``RUN/index/`` holds::
 
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from symile_clinical.errors import SymileClinicalError
-from symile_clinical.evaluation.embedding import embed_cxr_pool
+from symile_clinical.evaluation.embedding import embed_cxr_pool, embed_queries
 from symile_clinical.formats.atomic import atomic_directory
 from symile_clinical.formats.dataset_dir import DatasetDir, SplitArrays
 from symile_clinical.formats.run_dir import LoadedRun, RunDir
@@ -75,21 +76,52 @@ class SearchResult:
     scores: np.ndarray  # float32 [B, k]
 
 
+@dataclass(frozen=True)
+class Ranking:
+    """One query's top-k of a pool (index positions, scores, softmax probabilities over the
+    whole pool), and where the true candidate ranks when it was asked for and is in the pool."""
+
+    positions: np.ndarray  # int64 [k]
+    scores: np.ndarray  # float32 [k]
+    probabilities: np.ndarray  # float32 [k], softmax over the whole pool
+    pool_size: int
+    true_position: int | None = None
+    true_rank: int | None = None  # 1-based rank of the true candidate in the pool
+    true_score: float | None = None
+    true_probability: float | None = None
+
+
 # ---------------------------------------------------------------------------------------
 # Queries and exact search (pure numpy)
+
+
+def top_k_order(scores: np.ndarray, positions: np.ndarray, k: int) -> np.ndarray:
+    """Indices into one query's scores [P] (over positions [P]) of its top k, best first;
+    ties go to the lower position."""
+    keep = np.arange(len(scores))
+    if len(scores) > k:
+        kth = scores[np.argpartition(-scores, k - 1)[:k]].min()
+        # argpartition may cut inside a run of tied scores: take every tie of the k-th value.
+        keep = np.flatnonzero(scores >= kth)
+    return keep[np.lexsort((positions[keep], -scores[keep]))[:k]]
 
 
 def top_k_sorted(scores: np.ndarray, positions: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
     """Top-k of one query's scores [P] over positions [P]: (positions [k], scores [k]), best
     first; ties go to the lower position."""
-    if len(scores) > k:
-        keep = np.argpartition(-scores, k - 1)[:k]
-        # argpartition may cut inside a run of tied scores: take every tie of the k-th value.
-        kth = scores[keep].min()
-        keep = np.flatnonzero(scores >= kth)
-        scores, positions = scores[keep], positions[keep]
-    order = np.lexsort((positions, -scores))[:k]
+    order = top_k_order(scores, positions, k)
     return positions[order], scores[order]
+
+
+def pool_scores(
+    embeddings: np.ndarray, query: np.ndarray, pool: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """One query vector [d] against a pool (positions [P]; None = every embedding):
+    (positions int64 [P], inner-product scores [P])."""
+    if pool is None:  # no fancy-indexed copy of a large index
+        return np.arange(len(embeddings), dtype=np.int64), embeddings @ query
+    positions = np.asarray(pool, dtype=np.int64)
+    return positions, embeddings[positions] @ query
 
 
 def exact_search(
@@ -112,8 +144,8 @@ def exact_search(
         positions = np.empty((n_queries, k), np.int64)
         scores = np.empty((n_queries, k), np.float32)
         for b in range(n_queries):
-            pool_scores = embeddings[within[b]] @ queries[b]
-            positions[b], scores[b] = top_k_sorted(pool_scores, within[b], k)
+            pool, pool_scores_b = pool_scores(embeddings, queries[b], within[b])
+            positions[b], scores[b] = top_k_sorted(pool_scores_b, pool, k)
         return SearchResult(positions, scores)
 
     n = len(embeddings)
@@ -348,6 +380,39 @@ class CandidateIndex:
             return searcher.search(query_embeddings, k)
         return exact_search(self.embeddings, query_embeddings, k, within)
 
+    def rank(
+        self,
+        query: np.ndarray,
+        k: int,
+        logit_scale: float,
+        pool: np.ndarray | None = None,
+        true_position: int | None = None,
+    ) -> Ranking:
+        """One query vector [d] (similarity.query_vector) against a pool (index positions;
+        None = the whole index), scored once: its top k, best first (ties go to the lower
+        position), their probabilities (softmax_probabilities of the whole pool's scores, the
+        distribution the contrastive objective trains) and the rank, score and probability
+        of `true_position` when it is in the pool."""
+        positions, scores = pool_scores(self.embeddings, np.asarray(query, np.float32), pool)
+        top = top_k_order(scores, positions, k)
+        probabilities = softmax_probabilities(scores, logit_scale)
+        ranking = Ranking(
+            positions[top], scores[top].astype(np.float32), probabilities[top], len(positions)
+        )
+        hits = np.flatnonzero(positions == true_position) if true_position is not None else []
+        if not len(hits):
+            return ranking
+        true_score = scores[hits[0]]
+        # Ranked ahead of the true candidate by the order top_k_order follows.
+        ahead = (scores > true_score) | ((scores == true_score) & (positions < true_position))
+        return replace(
+            ranking,
+            true_position=int(true_position),
+            true_rank=int(ahead.sum()) + 1,
+            true_score=float(true_score),
+            true_probability=float(probabilities[hits[0]]),
+        )
+
 
 def read_index_info(run: RunDir) -> dict[str, Any]:
     """The index.json of a run's index; CandidateIndexError when absent or unreadable."""
@@ -484,18 +549,10 @@ def split_query_vectors(
     run: LoadedRun, dataset: DatasetDir, split: str, limit: int = 256, batch_size: int = 64
 ) -> np.ndarray:
     """Query vectors (similarity.query_vector) of the first `limit` admissions of a split."""
-    import torch
-
     arrays = dataset.split(split)
     rows = np.arange(min(limit, len(arrays)))
-    vectors = []
-    with torch.inference_mode():
-        for start in range(0, len(rows), batch_size):
-            batch = arrays.batch(rows[start : start + batch_size])
-            ecg = run.model.encode_ecg(batch["ecg"]).float().numpy()
-            labs = run.model.encode_labs(batch["labs"], batch["labs_observed"]).float().numpy()
-            vectors.append(query_vector(run.objective, [ecg, labs]))
-    return np.concatenate(vectors)
+    ecg, labs = embed_queries(run.model, arrays, rows, batch_size)
+    return query_vector(run.objective, [ecg, labs])
 
 
 def ensure_index(

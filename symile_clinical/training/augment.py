@@ -1,6 +1,7 @@
 """Training-time perturbations of a batch, each drawn from its own seeded generator: lab
 dropout, and augmentation of ECG and CXR.
 
+The amounts are TrainConfig's `augmentation` (symile_clinical/formats/run_config.py).
 Small cohorts are memorised: the trainer's contrastive loss can tell 872 training
 admissions apart by each recording's own noise, lead gains and framing long before it learns
 what the modalities share (docs/diagnosis.md). Each augmentation changes what identifies one
@@ -30,41 +31,10 @@ data-parallel training perturbs exactly as one process does on the concatenated 
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 
-
-@dataclass(frozen=True)
-class Augmentation:
-    """How much to perturb; all zero (the default) is no augmentation."""
-
-    ecg_shift: int = 0  # samples
-    ecg_gain: float = 0.0  # log amplitude
-    cxr_shift: int = 0  # pixels
-    ecg_noise: float = 0.0  # standard deviation, ECG units (peak 1)
-    cxr_noise: float = 0.0  # standard deviation, pixel units in [0, 1]
-    cxr_gain: float = 0.0  # log intensity
-    lab_noise: float = 0.0  # standard deviation, percentile units
-
-    def __post_init__(self) -> None:
-        if min(dataclasses.astuple(self)) < 0:
-            raise ValueError(f"augmentation amounts must be >= 0, got {self}")
-
-    @property
-    def enabled(self) -> bool:
-        """Whether any augmentation is on."""
-        return any(dataclasses.astuple(self))
-
-
-def augmentation_of(config: Any) -> Augmentation:
-    """The Augmentation of a TrainConfig (its `augment_<amount>` fields)."""
-    return Augmentation(
-        **{f.name: getattr(config, f"augment_{f.name}") for f in dataclasses.fields(Augmentation)}
-    )
+from symile_clinical.formats.run_config import Augmentation
 
 
 def _mine(draw: torch.Tensor, rows: int, rank: int) -> torch.Tensor:

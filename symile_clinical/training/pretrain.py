@@ -34,7 +34,8 @@ from models.weights import ENCODERS
 from symile_clinical.errors import SymileClinicalError
 from symile_clinical.formats.atomic import atomic_path
 from symile_clinical.formats.dataset_dir import DatasetDir, SplitArrays, cxr_to_unit
-from symile_clinical.training.config import TrainConfig, fit_model_to_data
+from symile_clinical.formats.run_config import TrainConfig
+from symile_clinical.training.config import fit_model_to_data
 
 log = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from models import SymileModel, WeightsError, build_model
+from models import ThreeModalityModel, WeightsError, build_model
 from symile_clinical.errors import SymileClinicalError
 from symile_clinical.evaluation.embedding import SplitEmbeddings, autocast, embed_split, to_device
 from symile_clinical.evaluation.retrieval import rank_queries
@@ -55,15 +55,11 @@ from symile_clinical.formats.checkpoint import (
     save_checkpoint,
 )
 from symile_clinical.formats.dataset_dir import CandidateSets, DatasetDir
+from symile_clinical.formats.run_config import ConfigError, TrainConfig, config_to_dict
 from symile_clinical.formats.run_dir import RunDir
 from symile_clinical.objective.losses import clip_loss, symile_loss
-from symile_clinical.training.augment import augment, augmentation_of, drop_labs
-from symile_clinical.training.config import (
-    ConfigError,
-    TrainConfig,
-    config_to_dict,
-    fit_model_to_data,
-)
+from symile_clinical.training.augment import augment, drop_labs
+from symile_clinical.training.config import fit_model_to_data
 from symile_clinical.training.distributed import World, joined_world
 from symile_clinical.training.memmap_dataset import MemmapDataset
 
@@ -167,7 +163,7 @@ class TrainStep(nn.Module):
     """What DDP wraps: the three embeddings and exp(logit_scale) in one forward, so that every
     parameter, the logit scale included, is used inside the wrapped call."""
 
-    def __init__(self, model: SymileModel) -> None:
+    def __init__(self, model: ThreeModalityModel) -> None:
         super().__init__()
         self.model = model
 
@@ -224,7 +220,7 @@ def retrieval_accuracy(
 
 def train_step(
     forward: nn.Module,
-    model: SymileModel,
+    model: ThreeModalityModel,
     batch: dict[str, torch.Tensor],
     config: TrainConfig,
     optimizer: torch.optim.Optimizer,
@@ -456,7 +452,7 @@ class Trainer:
             "loss": torch.Generator(device=device).manual_seed(config.seed),
             "lab_dropout": torch.Generator().manual_seed(config.seed + 1),
         }
-        self.augmentation = augmentation_of(config)
+        self.augmentation = config.augmentation
         if self.augmentation.enabled:  # absent otherwise, so older checkpoints still resume
             self.generators["augment"] = torch.Generator().manual_seed(config.seed + 2)
         self.progress = _Progress()
@@ -474,7 +470,7 @@ class Trainer:
                 self.progress.epoch,
             )
 
-    def _build_model(self, resuming: bool) -> tuple[SymileModel, nn.Module]:
+    def _build_model(self, resuming: bool) -> tuple[ThreeModalityModel, nn.Module]:
         """The model on the device and the TrainStep around it (DDP-wrapped under torchrun);
         weights files start a new run only (a resumed one has its checkpoint)."""
         config, device = self.config, self.device
@@ -719,7 +715,7 @@ def train(
     progress: bool = True,
     stop_after_steps: int | None = None,
 ) -> TrainResult:
-    """Train a SymileModel on DATASET's train split; select by val retrieval accuracy.
+    """Train config.model on DATASET's train split; select by val retrieval accuracy.
 
     Writes the run directory: its config (recording the dataset's absolute path), the last
     and best checkpoints and the metrics log. `config.model`'s input shapes are taken from

@@ -1,0 +1,89 @@
+"""The joint-fraction study's report: OUT/report/ with summary.json, report.md, report.html
+(the PNG inlined) and accuracy_vs_F.png, from `study_cells.summarise_study`'s summary and the
+tables of `study_cells.report_tables`. Writes files; trains and measures nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from symile_clinical.experiments.study_cells import report_tables
+
+
+def plot_accuracy_vs_fraction(summary: dict[str, Any]) -> bytes:
+    """PNG: mean test top-1 against the joint fraction, per objective, with CI error bars."""
+    from matplotlib.figure import Figure
+
+    from symile_clinical.evaluation.report import figure_to_png
+
+    figure = Figure(figsize=(5.5, 3.8))
+    axes = figure.add_subplot()
+    for offset, objective in zip((-0.015, 0.015), summary["objectives"], strict=False):
+        rows = [c for c in summary["cells"].values() if c["objective"] == objective]
+        x = np.array([c["joint_fraction"] for c in rows]) + offset
+        y = np.array([100 * c["top1"]["mean"] for c in rows])
+        low = np.array([100 * c["top1"]["ci_low"] for c in rows])
+        high = np.array([100 * c["top1"]["ci_high"] for c in rows])
+        err = np.nan_to_num(np.vstack([y - low, high - y]))
+        axes.errorbar(x, y, yerr=err, marker="o", capsize=4, label=objective)
+    axes.set_xticks(summary["fractions"])
+    axes.set_xlim(-0.1, 1.1)
+    axes.axhline(10, color="grey", linestyle=":", label="chance (1/10)")
+    axes.set_xlabel("joint fraction F (share of XOR markers)")
+    axes.set_ylabel("test top-1 (%)")
+    axes.set_title("CXR retrieval from ECG + labs, synthetic cohorts")
+    axes.legend()
+    return figure_to_png(figure)
+
+
+def write_study_report(out: str | Path, summary: dict[str, Any], command: str) -> dict[str, Path]:
+    """OUT/report/: summary.json, report.md, report.html (PNG inlined), accuracy_vs_F.png."""
+    import base64
+    import html
+
+    from symile_clinical.formats.atomic import (
+        write_bytes_atomic,
+        write_json_atomic,
+        write_text_atomic,
+    )
+
+    folder = Path(out) / "report"
+    png = plot_accuracy_vs_fraction(summary)
+    tables = report_tables(summary)
+    lines = [
+        "# Symile vs CLIP on synthetic cohorts by joint fraction",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"{summary['n_runs']} runs.",
+        "",
+    ]
+    for title, header, rows in tables:
+        lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        lines.append("")
+    lines += ["![accuracy vs F](accuracy_vs_F.png)", ""]
+    parts = [
+        "<!doctype html><meta charset='utf-8'><title>Symile vs CLIP study</title>",
+        "<h1>Symile vs CLIP on synthetic cohorts by joint fraction</h1>",
+        f"<p>Command: <code>{html.escape(command)}</code>; {summary['n_runs']} runs.</p>",
+    ]
+    for title, header, rows in tables:
+        parts.append(f"<h2>{html.escape(title)}</h2><table border='1' cellpadding='4'>")
+        parts.append("<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
+        parts += [
+            "<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>" for row in rows
+        ]
+        parts.append("</table>")
+    parts.append(
+        f"<img alt='accuracy vs F' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
+    )
+    files = {
+        "summary": write_json_atomic(folder / "summary.json", summary),
+        "markdown": write_text_atomic(folder / "report.md", "\n".join(lines)),
+        "html": write_text_atomic(folder / "report.html", "\n".join(parts) + "\n"),
+        "png": write_bytes_atomic(folder / "accuracy_vs_F.png", png),
+    }
+    return files
