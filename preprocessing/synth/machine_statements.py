@@ -12,7 +12,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from preprocessing.label_sources.ecg_statements import N_REPORTS, NO_WAVE, NOT_MEASURED
+from preprocessing.label_sources.ecg_statements import (
+    MEASUREMENT_COLUMNS,
+    N_REPORTS,
+    NO_WAVE,
+    NOT_MEASURED,
+)
 from preprocessing.synth import error_rates as er
 from preprocessing.synth.ecg_waveform import BeatParameters
 
@@ -144,20 +149,7 @@ def machine_measurements_row(
     reports = [*lines, *[""] * (N_REPORTS - len(lines))]
     cart = CART_IDS[int(rng.integers(len(CART_IDS)))]
     filtering = FILTERING[int(rng.integers(len(FILTERING)))]
-    values = [
-        _int(m[k])
-        for k in (
-            "rr_interval",
-            "p_onset",
-            "p_end",
-            "qrs_onset",
-            "qrs_end",
-            "t_end",
-            "p_axis",
-            "qrs_axis",
-            "t_axis",
-        )
-    ]
+    values = [_int(m[k]) for k in MEASUREMENT_COLUMNS]
     if beats.paced:  # carts do not measure the P wave and axes of paced beats
         values[1], values[2], values[6] = NOT_MEASURED, NOT_MEASURED, NOT_MEASURED
     return (subject_id, study_id, cart, ecg_time, *reports, BANDWIDTH, filtering, *values)
