@@ -9,7 +9,7 @@
     symile-clinical study --encoder-weights W.pt ...
 
 `pretrain --method supervised` is `symile-clinical pretrain` (symile_clinical/training/pretrain.py)
-on cohort E with its marker findings as labels (preprocessing/synth/labels.py, written
+on cohort E with its marker findings as labels (benchmarks/oracle_labels.py, written
 beside the weights as W.csv): each encoder of preset `demo`'s model learns its own
 modality's findings on E's train split. `--method ssl` uses no labels: two augmented views
 of each admission told apart from the batch's others. Either writes the encoders' state
@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.recipe_search import N_MARKERS, probes, ridge_probe, truth_for
 from models.symile_model import build_model
-from preprocessing.synth.labels import write_finding_labels
+from benchmarks.oracle_labels import write_finding_labels
 from symile_clinical.experiments.study_cells import (
     measure_embeddings,
     run_summary,

@@ -34,6 +34,7 @@ def test_demo_runs_every_step_then_skips_what_is_current(tmp_path: Path) -> None
         "preprocess",
         "pretrain-synth",
         "pretrain-preprocess",
+        "labels",
         "pretrain",
         "train-symile",
         "train-clip",

@@ -116,9 +116,9 @@ def test_the_pretrain_command_writes_weights_and_a_bad_labels_file_exits_1(
 
 
 def test_the_synthetic_cohorts_findings_are_its_marker_bits(tmp_path: Path) -> None:
+    from benchmarks.oracle_labels import finding_labels, write_finding_labels
     from preprocessing.synth.config import SynthConfig
     from preprocessing.synth.generate import TRUTH_FILE, generate_cohort
-    from preprocessing.synth.labels import finding_labels, write_finding_labels
 
     root = tmp_path / "mimic"
     generate_cohort(SynthConfig(out=root, admissions=40, seed=0, cxr_max_size=64, progress=False))

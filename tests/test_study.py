@@ -241,3 +241,59 @@ def test_the_demo_and_the_study_share_one_cohort_rule(tmp_path: Path) -> None:
     (folder / "dataset" / "dataset.json").unlink()
     ensure_cohort(dataclasses.replace(spec, cxr_size=24, admissions=90), folder, steps)
     assert steps.ran[-1] == "preprocess"
+
+
+def test_named_starts_side_by_side_with_own_split_pretraining(tmp_path: Path) -> None:
+    """Two encoder starts in one study: random, and encoders pretrained on the measured
+    cohort's own train split with labels derived from its label sources (never the answer
+    key: synth_truth is deleted first)."""
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(TINY_RECIPE)
+    config = StudyConfig.quick(
+        tmp_path / "out",
+        admissions=200,
+        fractions=(1.0,),
+        seeds=(0,),
+        recipes={"symile": str(recipe), "clip": str(recipe)},
+        jobs=1,
+        max_steps=2,
+        starts={"random": "random", "derived": "derived"},
+        pretrain_on="own",
+        progress=False,
+    )
+    from app.workflows.cohort import OWN_ENCODERS_FILE, Steps
+    from preprocessing.synth.generate import TRUTH_FILE
+
+    ensure_study_cohort(config, 1.0, 0, Steps(config.out))
+    folder = cohort_dir(config, 1.0, 0)
+    (folder / "mimic" / TRUTH_FILE).unlink()  # the product path may not need it
+
+    study = run_study(config)
+
+    summary = study["summary"]
+    assert summary["starts"] == ["random", "derived"]
+    assert set(summary["cells"]) == {
+        "random/1/symile",
+        "random/1/clip",
+        "derived/1/symile",
+        "derived/1/clip",
+    }
+    assert set(summary["symile_minus_clip"]) == {"random/1", "derived/1"}
+    own = str((folder / OWN_ENCODERS_FILE).resolve())
+    by_start = {r["start"]: r["config"]["encoder_weights"] for r in study["results"]}
+    assert by_start == {"random": None, "derived": own}
+    header = study["files"]["markdown"].read_text()
+    assert "| encoders | F |" in header
+    # No pretraining cohort of another hospital was made.
+    assert not (config.out / "pretrain").exists()
+
+
+def test_start_names_and_specs_are_checked(tmp_path: Path) -> None:
+    from symile_clinical.errors import UsageError
+
+    bad = StudyConfig.quick(tmp_path / "out", starts={"x": str(tmp_path / "missing.pt")})
+    with pytest.raises(UsageError, match="random, derived or a weights file"):
+        run_study(bad)
+    both = StudyConfig.quick(tmp_path / "out", starts={"r": "random"}, pretrain=True)
+    with pytest.raises(UsageError, match="replaces --pretrain"):
+        run_study(both)

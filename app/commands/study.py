@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from app.workflows.cohort import PRETRAIN_FRACTION, PRETRAIN_SEED
+from app.workflows.cohort import PRETRAIN_FRACTION, PRETRAIN_SEED, PRETRAIN_SOURCES
 from app.workflows.study import DEFAULT_RECIPES, StudyConfig, run_study
 from symile_clinical.cli import int_at_least
 
@@ -61,8 +61,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         f"(OUT/pretrain/: seed {PRETRAIN_SEED}, F {PRETRAIN_FRACTION}) and start every run "
         "from them",
     )
+    parser.add_argument(
+        "--pretrain-on",
+        choices=PRETRAIN_SOURCES,
+        default="separate",
+        help="where pretraining learns: a separate synthetic hospital (default) or each "
+        "measured cohort's own train split; labels derived from MIMIC's label sources",
+    )
+    parser.add_argument(
+        "--start",
+        dest="starts",
+        metavar="NAME=SPEC",
+        type=_start,
+        action="append",
+        default=[],
+        help="measure several encoder starts side by side (repeatable; one curve each): SPEC "
+        "is random, derived (pretrained on labels derived from MIMIC's label sources) or a "
+        "weights file; replaces --pretrain and --encoder-weights",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(run=run_study_command)
+
+
+def _start(text: str) -> tuple[str, str]:
+    name, _, spec = text.partition("=")
+    if not name or not spec:
+        raise argparse.ArgumentTypeError(f"{text!r}: NAME=SPEC expected")
+    return name, spec
 
 
 def _existing_file(text: str) -> Path:
@@ -93,6 +118,9 @@ def run_study_command(args: argparse.Namespace) -> int:
         changes["encoder_weights"] = args.encoder_weights
     if args.pretrain:
         changes["pretrain"] = True
+    changes["pretrain_on"] = args.pretrain_on
+    if args.starts:
+        changes["starts"] = dict(args.starts)
     if args.quick:
         config = StudyConfig.quick(args.out, **changes)
     else:

@@ -42,6 +42,12 @@ log = logging.getLogger(__name__)
 
 STAMP_DIR = ".stamps"
 ENCODERS_FILE = "encoders.pt"
+OWN_ENCODERS_FILE = "encoders-own.pt"
+LABELS_FILE = "labels.csv"
+# Where the encoders learn their labels: "separate" (another synthetic hospital, seed
+# PRETRAIN_SEED) or "own" (the measured cohort's own train split), chosen on validation
+# (benchmarks/pretrain_source.py; docs/study.md).
+PRETRAIN_SOURCES = ("separate", "own")
 
 # The pretraining cohort of the demo and of `study --pretrain`: another synthetic hospital.
 PRETRAIN_SEED, PRETRAIN_FRACTION = 7, 0.5
@@ -165,6 +171,52 @@ def ensure_cohort(
     return dataset
 
 
+def derived_labels(folder: Path, dataset: DatasetDir, steps: Steps) -> Path:
+    """FOLDER/labels.csv: the cohort's labels derived from its own label sources (ECG machine
+    statements, lab reference ranges and flags, CheXpert table, radiology reports) by
+    `symile-clinical labels` (preprocessing.label_sources), never from the generator's answer
+    key; step `labels`, unless current."""
+    from preprocessing.label_sources.derive import LabelsConfig, write_labels
+
+    folder = Path(folder)
+    out = folder / LABELS_FILE
+    config = LabelsConfig(mimic_root=folder / "mimic", dataset=dataset.path, out=out)
+    inputs = {"dataset": dataset.sha256(), "policy": [config.uncertainty, config.cxr_labeler]}
+    steps.at(folder).run("labels", inputs, out, lambda: write_labels(config))
+    return out
+
+
+def pretrain_on_labels(
+    recipe: TrainConfig,
+    dataset: DatasetDir,
+    labels: Path,
+    weights: Path,
+    epochs: int,
+    steps: Steps,
+    progress: bool = False,
+    name: str = "pretrain",
+) -> Path:
+    """WEIGHTS: the encoders of `recipe`'s model (its optimiser and seed) pretrained for
+    `epochs` on LABELS over DATASET's train split (step `name`, stamped beside WEIGHTS)."""
+    from symile_clinical.formats.checkpoint import file_sha256
+    from symile_clinical.formats.run_config import config_to_dict
+    from symile_clinical.training.pretrain import pretrain_encoders
+
+    trained = config_to_dict(recipe)
+    inputs = {
+        "dataset": dataset.sha256(),
+        "labels": file_sha256(labels),
+        "epochs": epochs,
+        **{key: trained[key] for key in PRETRAIN_RECIPE_KEYS},
+    }
+
+    def pretrain_step() -> None:
+        pretrain_encoders(recipe, dataset, labels, weights, epochs=epochs, progress=progress)
+
+    steps.at(weights.parent).run(name, inputs, weights, pretrain_step)
+    return weights
+
+
 def ensure_pretrained_encoders(
     recipe: TrainConfig,
     spec: CohortSpec,
@@ -174,29 +226,29 @@ def ensure_pretrained_encoders(
     workers: int = 1,
     progress: bool = False,
 ) -> Path:
-    """FOLDER/encoders.pt: the encoders of `recipe`'s model (its optimiser and seed)
-    pretrained for `epochs` on the findings of the cohort `spec` made in FOLDER (steps
-    `pretrain-synth`, `pretrain-preprocess`, `pretrain`), each unless current."""
-    from preprocessing.synth.labels import write_finding_labels
-    from symile_clinical.formats.run_config import config_to_dict
-    from symile_clinical.training.pretrain import pretrain_encoders
-
+    """FOLDER/encoders.pt: `recipe`'s encoders pretrained for `epochs` on the derived labels
+    (`derived_labels`) of a separate cohort `spec` made in FOLDER (steps `pretrain-synth`,
+    `pretrain-preprocess`, `labels`, `pretrain`), each unless current."""
     folder = Path(folder)
     dataset = ensure_cohort(spec, folder, steps, "pretrain-", workers, progress)
+    labels = derived_labels(folder, dataset, steps)
     weights = folder / ENCODERS_FILE
-    trained = config_to_dict(recipe)
-    inputs = {
-        "dataset": dataset.sha256(),
-        "epochs": epochs,
-        **{key: trained[key] for key in PRETRAIN_RECIPE_KEYS},
-    }
+    return pretrain_on_labels(recipe, dataset, labels, weights, epochs, steps, progress)
 
-    def pretrain_step() -> None:
-        labels = write_finding_labels(folder / "mimic", folder / "labels.csv")
-        pretrain_encoders(recipe, dataset, labels, weights, epochs=epochs, progress=progress)
 
-    steps.at(folder).run("pretrain", inputs, weights, pretrain_step)
-    return weights
+def ensure_own_split_encoders(
+    recipe: TrainConfig, folder: Path, epochs: int, steps: Steps, progress: bool = False
+) -> Path:
+    """FOLDER/encoders-own.pt: `recipe`'s encoders pretrained on the derived labels of the
+    measured cohort in FOLDER itself, its train split only (pretraining reads no other split's
+    labels for training; the test split is never read)."""
+    folder = Path(folder)
+    dataset = DatasetDir(folder / "dataset")
+    labels = derived_labels(folder, dataset, steps)
+    weights = folder / OWN_ENCODERS_FILE
+    return pretrain_on_labels(
+        recipe, dataset, labels, weights, epochs, steps, progress, name="pretrain-own"
+    )
 
 
 def refuse_pretraining_on_measured(

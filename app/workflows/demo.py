@@ -36,12 +36,15 @@ from typing import TYPE_CHECKING, Any
 
 from app.workflows.cohort import (
     PRETRAIN_SEED,
+    PRETRAIN_SOURCES,
     CohortSpec,
     Steps,
     ensure_cohort,
+    ensure_own_split_encoders,
     ensure_pretrained_encoders,
     refuse_pretraining_on_measured,
 )
+from symile_clinical.errors import UsageError
 from symile_clinical.formats.checkpoint import file_sha256
 from symile_clinical.formats.run_dir import RunDir
 
@@ -72,6 +75,9 @@ class DemoConfig:
     # Encoders pretrained on a separate labelled cohort (seed `pretrain_seed`, the demo's
     # joint fraction) before both objectives are trained; False: from random weights.
     pretrain: bool = True
+    # Where the encoders learn (cohort.PRETRAIN_SOURCES): "separate" hospital or the demo
+    # cohort's "own" train split; labels derived from MIMIC's label sources either way.
+    pretrain_on: str = "separate"
     pretrain_admissions: int = 2000
     pretrain_seed: int = PRETRAIN_SEED
     pretrain_epochs: int = 20
@@ -180,7 +186,9 @@ def run_demo(config: DemoConfig) -> DemoResult:
     from symile_clinical.search.index import IndexConfig, ensure_index
     from symile_clinical.training.config import load_config
 
-    if config.pretrain:
+    if config.pretrain_on not in PRETRAIN_SOURCES:
+        raise UsageError("--pretrain-on", f"one of {', '.join(PRETRAIN_SOURCES)}")
+    if config.pretrain and config.pretrain_on == "separate":
         refuse_pretraining_on_measured("--seed", [config.seed], config.pretrain_seed)
     start = time.perf_counter()
     out = Path(config.out)
@@ -195,15 +203,20 @@ def run_demo(config: DemoConfig) -> DemoResult:
     if config.pretrain:
         # The Symile preset's model and optimiser, the demo's training seed.
         recipe = dataclasses.replace(load_config(config.symile_preset), seed=config.seed)
-        weights = ensure_pretrained_encoders(
-            recipe,
-            config.pretraining_cohort(),
-            out / "pretrain",
-            config.pretrain_epochs,
-            steps,
-            config.workers,
-            config.progress,
-        )
+        if config.pretrain_on == "own":
+            weights = ensure_own_split_encoders(
+                recipe, out, config.pretrain_epochs, steps, config.progress
+            )
+        else:
+            weights = ensure_pretrained_encoders(
+                recipe,
+                config.pretraining_cohort(),
+                out / "pretrain",
+                config.pretrain_epochs,
+                steps,
+                config.workers,
+                config.progress,
+            )
 
     pending = []
     for objective, run in runs.items():

@@ -5,8 +5,11 @@ The workflow: cohorts, pretraining and the scheduling of the study's cells.
 - For each joint fraction F and cohort seed, a synthetic cohort is synthesised and
   preprocessed (OUT/cohorts/F<F>_c<seed>/mimic, .../dataset) by app.workflows.cohort, the
   builder and "up to date" rule the demo uses too;
-- with `pretrain`, the encoders are first pretrained on a separate labelled cohort
-  (OUT/pretrain/, seed PRETRAIN_SEED, F PRETRAIN_FRACTION), again by app.workflows.cohort;
+- with `pretrain` (or a `derived` start), the encoders are first pretrained on labels derived
+  from MIMIC's label sources (`symile-clinical labels`), of a separate cohort (OUT/pretrain/,
+  seed PRETRAIN_SEED, F PRETRAIN_FRACTION) or of each measured cohort's own train split
+  (`pretrain_on`), again by app.workflows.cohort; several `starts` (random, derived, a
+  weights file such as the oracle's) are measured side by side, one curve each;
 - every cell (a cohort, an objective with its recipe, a training seed) is trained and its
   best checkpoint (chosen on val by the trainer) measured once on the test split by
   symile_clinical.experiments.study_cells.run_cell, in `jobs` processes side by side;
@@ -30,9 +33,11 @@ from typing import TYPE_CHECKING, Any
 from app.workflows.cohort import (
     PRETRAIN_FRACTION,
     PRETRAIN_SEED,
+    PRETRAIN_SOURCES,
     CohortSpec,
     Steps,
     ensure_cohort,
+    ensure_own_split_encoders,
     ensure_pretrained_encoders,
     refuse_pretraining_on_measured,
 )
@@ -66,6 +71,13 @@ class StudyConfig:
     # F PRETRAIN_FRACTION)
     pretrain: bool = False
     pretrain_epochs: int = 20
+    # Where pretraining learns (cohort.PRETRAIN_SOURCES): a "separate" hospital or each
+    # measured cohort's "own" train split; labels derived from MIMIC's label sources.
+    pretrain_on: str = "separate"
+    # Several encoder starts side by side, one curve each: name -> "random", "derived"
+    # (pretrained on derived labels as `pretrain_on` says) or a weights file. Empty: the one
+    # start that `encoder_weights` / `pretrain` give (random when neither).
+    starts: dict[str, str] = field(default_factory=dict)
     cxr_max_size: int = 256
     cxr_size: int = 64
     progress: bool = True
@@ -122,7 +134,45 @@ def pretrained_encoders(config: StudyConfig, steps: Steps) -> Path:
     )
 
 
-def _check_weights_fit(config: StudyConfig, steps: Steps) -> None:
+def own_split_encoders(config: StudyConfig, folder: Path, steps: Steps) -> Path:
+    """FOLDER/encoders-own.pt: the Symile recipe's encoders (training seed 0) pretrained on
+    the derived labels of the measured cohort in FOLDER, its train split only."""
+    from symile_clinical.training.config import load_config
+
+    recipe = dataclasses.replace(load_config(config.recipes["symile"]), seed=0)
+    return ensure_own_split_encoders(recipe, folder, config.pretrain_epochs, steps)
+
+
+def named_starts(config: StudyConfig) -> dict[str, str]:
+    """The encoder starts to measure: `starts`, or the one given by the older options."""
+    if config.starts:
+        if config.pretrain or config.encoder_weights is not None:
+            raise UsageError("--start", "replaces --pretrain and --encoder-weights: use one")
+        for name, spec in config.starts.items():
+            if not name or "/" in name:
+                raise UsageError("--start", f"{name!r}: a name without '/' is needed")
+            if spec not in ("random", "derived") and not Path(spec).is_file():
+                raise UsageError("--start", f"{name}={spec}: random, derived or a weights file")
+        return dict(config.starts)
+    if config.pretrain:
+        if config.encoder_weights is not None:
+            raise UsageError("--pretrain", "makes the encoder weights: drop --encoder-weights")
+        return {"": "derived"}
+    return {"": str(config.encoder_weights) if config.encoder_weights else "random"}
+
+
+def start_weights(config: StudyConfig, spec: str, cohort_folder: Path, steps: Steps) -> Path | None:
+    """The weights file a start gives the runs of one cohort (None: random encoders)."""
+    if spec == "random":
+        return None
+    if spec != "derived":
+        return Path(spec)
+    if config.pretrain_on == "own":
+        return own_split_encoders(config, cohort_folder, steps)
+    return pretrained_encoders(config, steps)
+
+
+def _check_weights_fit(config: StudyConfig, steps: Steps, weights: Path) -> None:
     """Every recipe's model takes the encoder weights (a ConfigError naming the file and the
     encoder otherwise, exit 1), before any cell trains."""
     from models import WeightsError, build_model
@@ -134,22 +184,21 @@ def _check_weights_fit(config: StudyConfig, steps: Steps) -> None:
     for recipe in config.recipes.values():
         model = fit_model_to_data(load_config(recipe), train).model
         try:
-            build_model(model, seed=0, encoder_weights=Path(config.encoder_weights))
+            build_model(model, seed=0, encoder_weights=Path(weights))
         except WeightsError as error:
             raise ConfigError(error.path, f"{error.reason} (recipe {recipe})") from error
 
 
 def run_cells(
-    cells: Sequence[tuple[StudyCell, Path]],
+    cells: Sequence[tuple[StudyCell, Path, str | None]],
     runs_root: Path,
     jobs: int,
     max_steps: int | None = None,
     progress: bool = True,
-    encoder_weights: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every (cell, dataset) in `jobs` spawned processes (1 torch thread each), with a
-    tqdm bar; finished cells are read back, so a killed study resumes where it stopped.
-    Results come in the order of `cells`."""
+    """Run every (cell, dataset, encoder weights or None) in `jobs` spawned processes (1 torch
+    thread each), with a tqdm bar; finished cells are read back, so a killed study resumes
+    where it stopped. Results come in the order of `cells`."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -160,15 +209,13 @@ def run_cells(
     bar = tqdm(total=len(cells), desc="study", unit="run", disable=not progress)
     results: list[dict[str, Any]] = []
     if jobs <= 1:
-        for cell, dataset in cells:
-            results.append(run_cell(cell, dataset, runs_root, max_steps, encoder_weights))
+        for cell, dataset, weights in cells:
+            results.append(run_cell(cell, dataset, runs_root, max_steps, weights))
             bar.update(1)
     else:
         context = multiprocessing.get_context("spawn")  # no fork of a process holding torch
         with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-            futures = [
-                pool.submit(run_cell, c, d, runs_root, max_steps, encoder_weights) for c, d in cells
-            ]
+            futures = [pool.submit(run_cell, c, d, runs_root, max_steps, w) for c, d, w in cells]
             for future in as_completed(futures):
                 future.result()  # a failed cell is raised as soon as it fails
                 bar.update(1)
@@ -183,31 +230,35 @@ def run_study(config: StudyConfig, command: str = "symile-clinical study") -> di
     from symile_clinical.experiments.study_report import write_study_report
 
     steps = Steps(Path(config.out))
-    if config.pretrain:
-        if config.encoder_weights is not None:
-            raise UsageError("--pretrain", "makes the encoder weights: drop --encoder-weights")
+    if config.pretrain_on not in PRETRAIN_SOURCES:
+        raise UsageError("--pretrain-on", f"one of {', '.join(PRETRAIN_SOURCES)}")
+    starts = named_starts(config)
+    if "derived" in starts.values() and config.pretrain_on == "separate":
         refuse_pretraining_on_measured(
             "--cohort-seeds",
             config.cohort_seeds,
             PRETRAIN_SEED,
-            f" (use at most {PRETRAIN_SEED} cohort seeds with --pretrain)",
+            f" (use at most {PRETRAIN_SEED} cohort seeds with separate pretraining)",
         )
-        config = dataclasses.replace(config, encoder_weights=pretrained_encoders(config, steps))
-    if config.encoder_weights is not None:
-        _check_weights_fit(config, steps)
 
     cells = []
+    checked: set[Path] = set()
     for fraction in config.fractions:
         for cohort_seed in config.cohort_seeds:
             dataset = ensure_study_cohort(config, fraction, cohort_seed, steps)
-            for objective, recipe in config.recipes.items():
-                for seed in config.seeds:
-                    cell = StudyCell(fraction, cohort_seed, objective, recipe, seed)
-                    cells.append((cell, dataset.path))
-    weights = str(Path(config.encoder_weights).resolve()) if config.encoder_weights else None
-    results = run_cells(
-        cells, Path(config.out) / "runs", config.jobs, config.max_steps, config.progress, weights
-    )
+            folder = cohort_dir(config, fraction, cohort_seed)
+            for name, spec in starts.items():
+                weights = start_weights(config, spec, folder, steps)
+                if weights is not None and weights.resolve() not in checked:
+                    _check_weights_fit(config, steps, weights)
+                    checked.add(weights.resolve())
+                weights_path = str(weights.resolve()) if weights is not None else None
+                for objective, recipe in config.recipes.items():
+                    for seed in config.seeds:
+                        cell = StudyCell(fraction, cohort_seed, objective, recipe, seed, name)
+                        cells.append((cell, dataset.path, weights_path))
+    runs = Path(config.out) / "runs"
+    results = run_cells(cells, runs, config.jobs, config.max_steps, config.progress)
     summary = summarise_study(results)
     files = write_study_report(config.out, summary, command)
     log.info("study: report in %s", files["markdown"])

@@ -160,11 +160,13 @@ class StudyCell:
     objective: str
     recipe: str
     seed: int
+    start: str = ""  # the encoders' start (e.g. "derived", "oracle", "random"); "" = the one
 
     @property
     def key(self) -> str:
-        """Folder name of the cell under OUT/runs/."""
-        return f"F{self.joint_fraction:g}_c{self.cohort_seed}/{self.objective}/s{self.seed}"
+        """Folder name of the cell under OUT/runs/ (under OUT/runs/<start>/ when named)."""
+        cell = f"F{self.joint_fraction:g}_c{self.cohort_seed}/{self.objective}/s{self.seed}"
+        return f"{self.start}/{cell}" if self.start else cell
 
 
 def cell_config(
@@ -257,48 +259,54 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> dict[str, floa
 
 
 def summarise_study(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Per (F, objective): mean test top-1 and labs' gain with CIs over runs; per F the
-    Symile - CLIP difference paired by (cohort seed, training seed); the query-level CI
-    half-width of one run's top-1 (binomial, at the observed accuracy)."""
+    """Per (encoders' start, F, objective): mean test top-1 and labs' gain with CIs over runs;
+    per (start, F) the Symile - CLIP difference paired by (cohort seed, training seed); the
+    query-level CI half-width of one run's top-1 (binomial, at the observed accuracy)."""
     fractions = sorted({r["joint_fraction"] for r in results})
     objectives = [o for o in ("symile", "clip") if any(r["objective"] == o for r in results)]
+    starts = list(dict.fromkeys(r.get("start", "") for r in results))
     cells: dict[str, Any] = {}
-    for f in fractions:
-        for objective in objectives:
-            rows = [r for r in results if r["joint_fraction"] == f and r["objective"] == objective]
-            if not rows:
-                continue
-            top1 = [r["top1"] for r in rows]
-            n_queries = int(np.mean([r["n_test_queries"] for r in rows]))
-            p = float(np.mean(top1))
-            cells[f"{f:g}/{objective}"] = {
-                "joint_fraction": f,
-                "objective": objective,
-                "recipe": rows[0]["recipe"],
-                "top1": mean_ci(top1),
-                "ecg_only_top1": mean_ci([r["ecg_only_top1"] for r in rows]),
-                "labs_shuffled_top1": mean_ci([r["labs_shuffled_top1"] for r in rows]),
-                "labs_gain": mean_ci([r["labs_gain"] for r in rows]),
-                "n_test_queries": n_queries,
-                "one_run_ci_half_width": float(1.96 * np.sqrt(p * (1 - p) / max(n_queries, 1))),
-            }
     differences = {}
-    for f in fractions:
-        by_key = {
-            (r["cohort_seed"], r["seed"], r["objective"]): r["top1"]
-            for r in results
-            if r["joint_fraction"] == f
-        }
-        paired = [
-            value - by_key[(c, s, "clip")]
-            for (c, s, objective), value in by_key.items()
-            if objective == "symile" and (c, s, "clip") in by_key
-        ]
-        if paired:
-            differences[f"{f:g}"] = mean_ci(paired)
+    for start in starts:
+        prefix = f"{start}/" if start else ""
+        mine = [r for r in results if r.get("start", "") == start]
+        for f in fractions:
+            for objective in objectives:
+                rows = [r for r in mine if r["joint_fraction"] == f and r["objective"] == objective]
+                if not rows:
+                    continue
+                top1 = [r["top1"] for r in rows]
+                n_queries = int(np.mean([r["n_test_queries"] for r in rows]))
+                p = float(np.mean(top1))
+                cells[f"{prefix}{f:g}/{objective}"] = {
+                    "start": start,
+                    "joint_fraction": f,
+                    "objective": objective,
+                    "recipe": rows[0]["recipe"],
+                    "top1": mean_ci(top1),
+                    "ecg_only_top1": mean_ci([r["ecg_only_top1"] for r in rows]),
+                    "labs_shuffled_top1": mean_ci([r["labs_shuffled_top1"] for r in rows]),
+                    "labs_gain": mean_ci([r["labs_gain"] for r in rows]),
+                    "n_test_queries": n_queries,
+                    "one_run_ci_half_width": float(1.96 * np.sqrt(p * (1 - p) / max(n_queries, 1))),
+                }
+            by_key = {
+                (r["cohort_seed"], r["seed"], r["objective"]): r["top1"]
+                for r in mine
+                if r["joint_fraction"] == f
+            }
+            paired = [
+                value - by_key[(c, s, "clip")]
+                for (c, s, objective), value in by_key.items()
+                if objective == "symile" and (c, s, "clip") in by_key
+            ]
+            if paired:
+                differences[f"{prefix}{f:g}"] = {"start": start, "joint_fraction": f}
+                differences[f"{prefix}{f:g}"] |= mean_ci(paired)
     return {
         "fractions": fractions,
         "objectives": objectives,
+        "starts": starts,
         "cells": cells,
         "symile_minus_clip": differences,
         "n_runs": len(results),
@@ -318,8 +326,10 @@ def _pct(estimate: dict[str, float], sign: str = "") -> str:
 def report_tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, header, rows) of the report's tables, shared by the markdown and HTML."""
     cells = summary["cells"]
+    named = any(summary.get("starts", [""]))
     main = [
         [
+            *([c.get("start", "")] if named else []),
             f"{c['joint_fraction']:g}",
             c["objective"],
             c["recipe"],
@@ -335,7 +345,8 @@ def report_tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[li
     ]
     diffs = [
         [
-            f,
+            *([d.get("start", "")] if named else []),
+            f"{d.get('joint_fraction', f):g}" if named else f,
             _pct(d, "+"),
             str(d["n"]),
             "yes" if not np.isnan(d["ci_low"]) and d["ci_low"] > 0 else "no",
@@ -346,6 +357,7 @@ def report_tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[li
         (
             "Test top-1 per joint fraction and objective (mean over runs, 95% t-CI over runs; %)",
             [
+                *(["encoders"] if named else []),
                 "F",
                 "objective",
                 "recipe",
@@ -361,7 +373,7 @@ def report_tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[li
         ),
         (
             "Symile - CLIP, paired by (cohort seed, training seed) (points, 95% t-CI)",
-            ["F", "Symile - CLIP", "pairs", "CI above 0"],
+            [*(["encoders"] if named else []), "F", "Symile - CLIP", "pairs", "CI above 0"],
             diffs,
         ),
     ]

@@ -13,21 +13,30 @@ from symile_clinical.experiments.study_cells import report_tables
 
 
 def plot_accuracy_vs_fraction(summary: dict[str, Any]) -> bytes:
-    """PNG: mean test top-1 against the joint fraction, per objective, with CI error bars."""
+    """PNG: mean test top-1 against the joint fraction, one curve per objective and encoders'
+    start, with CI error bars."""
     from matplotlib.figure import Figure
 
     from symile_clinical.evaluation.report import figure_to_png
 
     figure = Figure(figsize=(5.5, 3.8))
     axes = figure.add_subplot()
-    for offset, objective in zip((-0.015, 0.015), summary["objectives"], strict=False):
-        rows = [c for c in summary["cells"].values() if c["objective"] == objective]
+    curves = [(s, o) for s in summary.get("starts", [""]) for o in summary["objectives"]]
+    offsets = np.linspace(-0.03, 0.03, len(curves)) if len(curves) > 1 else [0.0]
+    for offset, (start, objective) in zip(offsets, curves, strict=True):
+        rows = [
+            c
+            for c in summary["cells"].values()
+            if c["objective"] == objective and c.get("start", "") == start
+        ]
         x = np.array([c["joint_fraction"] for c in rows]) + offset
         y = np.array([100 * c["top1"]["mean"] for c in rows])
         low = np.array([100 * c["top1"]["ci_low"] for c in rows])
         high = np.array([100 * c["top1"]["ci_high"] for c in rows])
         err = np.nan_to_num(np.vstack([y - low, high - y]))
-        axes.errorbar(x, y, yerr=err, marker="o", capsize=4, label=objective)
+        label = f"{objective} ({start})" if start else objective
+        style = "-" if objective == "symile" else "--"
+        axes.errorbar(x, y, yerr=err, marker="o", capsize=4, linestyle=style, label=label)
     axes.set_xticks(summary["fractions"])
     axes.set_xlim(-0.1, 1.1)
     axes.axhline(10, color="grey", linestyle=":", label="chance (1/10)")

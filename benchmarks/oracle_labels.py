@@ -1,10 +1,11 @@
-"""The synthetic cohort's per-modality findings as a labels file for encoder pretraining.
+"""The ORACLE labels: the synthetic generator's hidden marker bits as a pretraining labels file.
 
-`symile-clinical pretrain --labels` (symile_clinical/training/pretrain.py) reads `hadm_id` and one
-column per finding, `<modality>:<name>`. On real data such labels come from ECG machine
-statements, abnormal-lab flags and radiology reports; here they are the marker bits of
-synth_truth.csv.gz, each under the finding that shows it (state.py, ecg_waveform.py,
-labs_generator.py, cxr_phantom.py).
+For diagnosis and benchmarks only: they read synth_truth.csv.gz, the generator's answer key,
+which no real hospital has. The product derives its labels from MIMIC's own label sources
+(`symile-clinical labels`, preprocessing/label_sources/). `symile-clinical pretrain --labels`
+reads either file: `hadm_id` and one column per finding, `<modality>:<name>`; here each marker
+bit of synth_truth.csv.gz stands under the finding that shows it (preprocessing/synth: state.py,
+ecg_waveform.py, labs_generator.py, cxr_phantom.py).
 """
 
 from __future__ import annotations
