@@ -89,6 +89,36 @@ def test_ranks_keep_their_rows_of_the_global_draw() -> None:
             assert torch.equal(part[key], whole[key][mine]), key
 
 
+def test_noise_draws_from_its_own_device_generator_ranks_included() -> None:
+    """The noise kinds draw on `noise_generator` (the batch's device in training): the CPU
+    generator is left alone, and two ranks still equal one process."""
+    batch = _full_batch(rows=8)
+    amounts = Augmentation(30, 0.2, 3, ecg_noise=0.05, cxr_noise=0.05, cxr_gain=0.2, lab_noise=0.1)
+    only_noise = Augmentation(ecg_noise=0.05, cxr_noise=0.05, cxr_gain=0.2, lab_noise=0.1)
+    cpu = torch.Generator().manual_seed(5)
+    state = cpu.get_state()
+    augment(batch, only_noise, cpu, noise_generator=torch.Generator().manual_seed(6))
+    assert torch.equal(cpu.get_state(), state)
+    assert only_noise.noise_enabled and not Augmentation(30, 0.2, 3).noise_enabled
+
+    def run(part, rank=0, world=1):
+        return augment(
+            part,
+            amounts,
+            torch.Generator().manual_seed(5),
+            rank,
+            world,
+            noise_generator=torch.Generator(device="cpu").manual_seed(6),
+        )
+
+    whole = run(batch)
+    for rank in range(2):
+        mine = slice(4 * rank, 4 * rank + 4)
+        part = run({key: value[mine] for key, value in batch.items()}, rank, 2)
+        for key in batch:
+            assert torch.equal(part[key], whole[key][mine]), key
+
+
 def test_noise_is_fresh_per_value_and_keeps_ranges_and_missing_labs() -> None:
     batch = _full_batch(rows=64)
     amounts = Augmentation(ecg_noise=0.05, cxr_noise=0.05, cxr_gain=0.2, lab_noise=0.1)

@@ -120,3 +120,39 @@ def test_two_ranks_equal_one_process_on_the_concatenated_batch(tmp_path: Path) -
             torch.testing.assert_close(rank_loss, loss, rtol=1e-10, atol=0, msg=str(case))
             for got, want in zip(rank_grads, grads, strict=True):
                 torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12, msg=str(case))
+
+
+def test_one_rank_process_group_gathers_and_matches_no_group(tmp_path) -> None:
+    """One torchrun rank joins a process group (NCCL on one GPU; gloo here): the gather then
+    runs its collective path, and the loss and gradients equal those without a group."""
+    import torch.distributed as dist
+
+    from symile_clinical.objective.gather import in_process_group
+
+    g = torch.Generator().manual_seed(0)
+    embs = [torch.randn(6, 8, generator=g) for _ in range(3)]
+
+    def loss_and_grads() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        leaves = [e.clone().requires_grad_() for e in embs]
+        loss = losses.symile_loss(leaves, 5.0, "n_squared")
+        loss.backward()
+        return loss.detach(), [leaf.grad for leaf in leaves]
+
+    plain_loss, plain_grads = loss_and_grads()
+    assert not in_process_group()
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        assert in_process_group()
+        x = torch.randn(4, 3, requires_grad=True)
+        gathered = gather_with_grad(x)
+        assert gathered is not x and torch.equal(gathered, x)
+        gathered.sum().backward()
+        assert torch.equal(x.grad, torch.ones_like(x))
+        group_loss, group_grads = loss_and_grads()
+    finally:
+        dist.destroy_process_group()
+    torch.testing.assert_close(group_loss, plain_loss)
+    for a, b in zip(group_grads, plain_grads, strict=True):
+        torch.testing.assert_close(a, b)

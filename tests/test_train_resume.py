@@ -45,7 +45,15 @@ def _config_file(tmp_path: Path) -> Path:
         epochs=2,
         negatives="n",
         lab_dropout=0.3,
-        augmentation={"ecg_shift": 100, "ecg_gain": 0.1, "cxr_shift": 2},
+        # The noise kinds draw from a generator of their own on the batch's device.
+        augmentation={
+            "ecg_shift": 100,
+            "ecg_gain": 0.1,
+            "cxr_shift": 2,
+            "ecg_noise": 0.02,
+            "cxr_gain": 0.1,
+            "lab_noise": 0.05,
+        },
         checkpoint_every=2,
         model={"ecg_dropout": 0.2, "labs_dropout": 0.2},
     )

@@ -57,6 +57,12 @@ class _GatherWithGrad(torch.autograd.Function):
         return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
 
 
+def in_process_group() -> bool:
+    """Whether torch.distributed is initialised (a single torchrun rank included): the losses
+    then gather across ranks."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def check_same_rows(rows: int, device: torch.device) -> None:
     """Raise ValueError on every rank unless all ranks hold `rows` rows (an all_gather of sizes
     mismatched would otherwise fail obscurely or hang). No-op when not distributed."""
@@ -77,8 +83,9 @@ def gather_with_grad(tensor: Tensor) -> Tensor:
     """[B, ...] local rows -> [W * B, ...] all ranks' rows in rank order, differentiable.
 
     Every rank must pass the same shape (use drop_last=True in the sampler). Without an
-    initialised process group this returns `tensor` itself.
+    initialised process group this returns `tensor` itself; with one (a single torchrun rank
+    included) it gathers, so that one GPU exercises the collective path more GPUs take.
     """
-    if world_info().world_size == 1:
+    if not in_process_group():
         return tensor
     return _GatherWithGrad.apply(tensor)

@@ -26,7 +26,11 @@ The noise augmentations are what stop memorisation in benchmarks/xor_saddle.py's
 model can tell training admissions apart only by what stays fixed across their draws.
 
 Every draw covers the global batch and each rank keeps its own rows (`_mine`), so
-data-parallel training perturbs exactly as one process does on the concatenated batch.
+data-parallel training perturbs exactly as one process does on the concatenated batch. The
+shifts and the ECG gain are a few numbers per row, drawn on the CPU generator; the noise kinds
+draw as many numbers as the batch has samples and pixels, so they draw on the batch's own
+device from a generator of their own (`noise_generator`: a CUDA generator on a GPU), with no
+copy from the host.
 """
 
 from __future__ import annotations
@@ -85,10 +89,20 @@ def shift_cxr(cxr: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, pad: int) -
 def _global_normal(
     like: torch.Tensor, world_size: int, rank: int, generator: torch.Generator
 ) -> torch.Tensor:
-    """N(0, 1) of like's shape: this rank's rows of one draw over the global batch."""
+    """N(0, 1) of like's shape and dtype: this rank's rows of one draw over the global batch,
+    drawn on the generator's device (the batch's)."""
     rows = like.shape[0]
-    draw = torch.randn((rows * world_size, *like.shape[1:]), generator=generator)
+    shape = (rows * world_size, *like.shape[1:])
+    draw = torch.randn(shape, generator=generator, device=generator.device)
     return _mine(draw, rows, rank).to(like.device, like.dtype)
+
+
+def _global_uniform(
+    rows: int, world_size: int, rank: int, generator: torch.Generator
+) -> torch.Tensor:
+    """U(-1, 1) [rows]: this rank's rows of one draw over the global batch."""
+    draw = torch.rand((rows * world_size,), generator=generator, device=generator.device)
+    return _mine(draw * 2 - 1, rows, rank)
 
 
 def augment(
@@ -97,14 +111,16 @@ def augment(
     generator: torch.Generator,
     rank: int = 0,
     world_size: int = 1,
+    noise_generator: torch.Generator | None = None,
 ) -> dict[str, torch.Tensor]:
     """This rank's batch (ecg, cxr, labs, labs_observed; other keys pass through), augmented.
 
-    Draws are made on the CPU generator for the global batch, in a fixed order (ECG shift,
-    ECG gain, CXR shift, ECG noise, CXR noise, CXR gain, lab noise); an amount of 0 draws
-    nothing, so turning a kind on leaves the draws of the kinds before it as they were (the
-    first three: the presets chosen before the noise kinds existed train as they did).
+    Draws cover the global batch, in a fixed order: ECG shift, ECG gain, CXR shift on the CPU
+    `generator`; ECG noise, CXR noise, CXR gain, lab noise on `noise_generator` (on the
+    batch's device; default `generator`). An amount of 0 draws nothing, so turning a kind on
+    leaves the draws of the other kinds as they were.
     """
+    noise_generator = generator if noise_generator is None else noise_generator
     ecg, cxr, labs = batch["ecg"], batch["cxr"], batch["labs"]
     rows, leads = ecg.shape[0], ecg.shape[1]
     total = rows * world_size
@@ -121,19 +137,19 @@ def augment(
         d = _mine(torch.randint(-k, k + 1, (total, 2), generator=generator), rows, rank)
         d = d.to(cxr.device)
         cxr = shift_cxr(cxr, d[:, 0], d[:, 1], k)
+    noise = noise_generator
     if amounts.ecg_noise:
-        ecg = ecg + amounts.ecg_noise * _global_normal(ecg, world_size, rank, generator)
+        ecg = ecg + amounts.ecg_noise * _global_normal(ecg, world_size, rank, noise)
     if amounts.cxr_noise or amounts.cxr_gain:
         if amounts.cxr_noise:
-            cxr = cxr + amounts.cxr_noise * _global_normal(cxr, world_size, rank, generator)
+            cxr = cxr + amounts.cxr_noise * _global_normal(cxr, world_size, rank, noise)
         if amounts.cxr_gain:
-            u = _mine(torch.rand((total,), generator=generator) * 2 - 1, rows, rank)
-            cxr = (
-                cxr * torch.exp(u * amounts.cxr_gain).to(cxr.device, cxr.dtype)[:, None, None, None]
-            )
+            u = _global_uniform(rows, world_size, rank, noise)
+            gain = torch.exp(u * amounts.cxr_gain).to(cxr.device, cxr.dtype)
+            cxr = cxr * gain[:, None, None, None]
         cxr = cxr.clamp(0.0, 1.0)
     if amounts.lab_noise:
         observed = batch["labs_observed"] > 0
-        noisy = labs + amounts.lab_noise * _global_normal(labs, world_size, rank, generator)
+        noisy = labs + amounts.lab_noise * _global_normal(labs, world_size, rank, noise)
         labs = torch.where(observed, noisy.clamp(0.0, 1.0), labs)
     return {**batch, "ecg": ecg, "cxr": cxr, "labs": labs}

@@ -26,20 +26,28 @@ class World:
     initialised_here: bool = False
 
     @property
+    def joined(self) -> bool:
+        """Whether this process is in a process group (the model is then wrapped in DDP and the
+        losses gather across ranks, one rank included)."""
+        return self.world_size > 1 or self.initialised_here
+
+    @property
     def is_main(self) -> bool:
         """Rank 0: the one process that writes files and logs."""
         return self.rank == 0
 
     def barrier(self) -> None:
         """Wait for every rank (no-op in a single process)."""
-        if self.world_size > 1:
+        if self.joined:
             dist.barrier()
 
 
 def join_world(cuda: bool) -> World:
-    """Join torchrun's process group (nccl on CUDA, gloo on CPU) when WORLD_SIZE > 1; a single
-    process (no torchrun) is World() and joins nothing."""
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+    """Join torchrun's process group (nccl on CUDA, gloo on CPU) when launched by torchrun, even
+    with one process (so that `--nproc_per_node 1` runs the gather and DDP through NCCL, as
+    more GPUs would); a plain single process (no torchrun) is World() and joins nothing."""
+    launched = "TORCHELASTIC_RUN_ID" in os.environ
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1 and not launched:
         return World()
     initialised_here = False
     if not dist.is_initialized():
