@@ -1,13 +1,15 @@
 """The app answers only its own host (DNS rebinding), however it is started: real server
 processes, real HTTP and websocket requests carrying a foreign Host header.
 
-Also: every documented way of starting it binds 127.0.0.1 and applies the 25 MB upload
-limit, and the server has loaded the run before it answers its health check.
+Also: every documented way of starting it binds 127.0.0.1 and applies the app's one upload
+limit (app.web.uploads.MAX_UPLOAD_MB), every HTTP response carries the security headers,
+and the server has loaded the run before it answers its health check.
 """
 
 from __future__ import annotations
 
 import http.client
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +25,9 @@ from _app_run import (
     wait_healthy,
 )
 
+from app.web.auth import UNAUTHENTICATED_BANNER
 from app.web.host_guard import allowed_hosts, host_name, is_allowed
+from app.web.uploads import MAX_UPLOAD_MB
 
 ROOT = Path(__file__).resolve().parents[1]
 FOREIGN = "evil.example"
@@ -31,14 +35,31 @@ FOREIGN = "evil.example"
 
 def get(port: int, path: str, host: str) -> int:
     """Status of GET path on 127.0.0.1:port sent with the Host header `host`."""
+    return get_response(port, path, host)[0]
+
+
+def get_response(port: int, path: str, host: str) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers with lower-case names, body) of GET path sent with Host `host`."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         connection.putrequest("GET", path, skip_host=True)
         connection.putheader("Host", host)
         connection.endheaders()
-        return connection.getresponse().status
+        response = connection.getresponse()
+        headers = {name.lower(): value for name, value in response.getheaders()}
+        return response.status, headers, response.read()
     finally:
         connection.close()
+
+
+def assert_security_headers(headers: dict[str, str], what: str) -> None:
+    """The headers app.web.host_guard puts on every HTTP response."""
+    csp = headers.get("content-security-policy", "")
+    assert "frame-ancestors 'none'" in csp and "default-src 'self'" in csp, what
+    assert "object-src 'none'" in csp and "'unsafe-eval'" not in csp, what
+    assert headers.get("x-frame-options") == "DENY", what
+    assert headers.get("referrer-policy") == "no-referrer", what
+    assert headers.get("x-content-type-options") == "nosniff", what
 
 
 def listening_addresses(port: int) -> set[str]:
@@ -79,10 +100,11 @@ def serve(command: list[str], port: int, log: Path, cwd: Path | None = None) -> 
 
 @pytest.fixture(scope="module")
 def app_command(run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
-    """`symile-clinical app --run RUN --port P --allow-host app.example.org`."""
+    """`symile-clinical app --run RUN --port P --allow-host app.example.org --unauthenticated`
+    (a name beyond localhost needs sign-in, or --unauthenticated: tests/test_auth.py)."""
     port = free_port()
     command = [sys.executable, "-m", "symile_clinical", "app", "--run", str(run)]
-    command += ["--port", str(port), "--allow-host", "app.example.org"]
+    command += ["--port", str(port), "--allow-host", "app.example.org", "--unauthenticated"]
     log = tmp_path_factory.mktemp("app") / "server.log"
     yield from ((url, port, log) for url in serve(command, port, log))
 
@@ -136,13 +158,42 @@ def test_every_way_of_starting_binds_localhost_with_the_upload_limit(
     finally:
         session.close()
     limits = {e.file_uploader.max_upload_size_mb for e in elements if e.HasField("file_uploader")}
-    assert limits == {25}
+    assert limits == {MAX_UPLOAD_MB} == {20}  # the one limit: server, uploaders and parser
+
+
+def test_every_http_response_carries_the_security_headers(server: tuple[str, int]) -> None:
+    _, port = server
+    status, _, page = get_response(port, "/", f"localhost:{port}")
+    assert status == 200
+    scripts = sorted(set(re.findall(rb'src="\./(static/js/[^"]+)"', page)))
+    assert scripts, "no script in Streamlit's page"
+    paths = ["/", "/_stcore/health", "/_stcore/host-config", f"/{scripts[0].decode()}"]
+    paths += ["/favicon.png", "/media/missing.png", "/no/such/page", "/auth/login"]
+    for path in paths:
+        status, headers, _ = get_response(port, path, f"localhost:{port}")
+        assert_security_headers(headers, f"{path} ({status})")
+        assert f"ws://localhost:{port}" in headers["content-security-policy"], path
+        status, headers, _ = get_response(port, path, f"{FOREIGN}:{port}")
+        assert status == 403, path
+        assert_security_headers(headers, f"refused {path}")
+        assert FOREIGN not in headers["content-security-policy"]
 
 
 def test_allow_host_adds_a_name(app_command: tuple) -> None:
     _, port, _ = app_command
     assert get(port, "/", f"app.example.org:{port}") == 200
     assert get(port, "/", f"other.example.org:{port}") == 403
+
+
+def test_an_unauthenticated_deployment_says_so_on_every_page(app_command: tuple) -> None:
+    url, _, _ = app_command
+    session = StreamlitSession(url)
+    try:
+        for page in ("", "by_upload", "report"):
+            alerts = [e.alert.body for e in session.rerun(page=page) if e.HasField("alert")]
+            assert UNAUTHENTICATED_BANNER in alerts, page
+    finally:
+        session.close()
 
 
 def test_the_run_is_loaded_before_the_server_answers(app_command: tuple) -> None:
@@ -182,3 +233,4 @@ def test_the_app_command_repeats_every_setting_of_config_toml() -> None:
             assert flags[f"{section}.{name}"] == expected, f"{section}.{name}"
     # No forced full collection after each page run (the largest cost of a query).
     assert settings["runner"]["postScriptGC"] is False
+    assert settings["server"]["maxUploadSize"] == MAX_UPLOAD_MB

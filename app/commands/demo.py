@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from app.commands.serve import add_serve_options, serve
+from app.commands.serve import access_options, add_serve_options, check_access, serve
 from symile_clinical.cli import int_at_least
 
 
@@ -57,6 +57,10 @@ def run_demo_command(args: argparse.Namespace) -> int:
     from app.workflows.demo import DemoConfig, run_demo
     from symile_clinical.formats.run_dir import RunDir
 
+    if not args.no_serve:
+        # A server that would refuse to start (sign-in not configured) fails before the
+        # demo's training, not after it.
+        check_access(args.host, args.allow_hosts, access_options(args), args.secrets)
     config = DemoConfig(
         out=args.out,
         admissions=args.admissions,
@@ -76,4 +80,12 @@ def run_demo_command(args: argparse.Namespace) -> int:
     )
     if args.no_serve:
         return 0
-    return serve(result.symile_run, args.host, args.port, args.allow_hosts, args.device)
+    return serve(
+        result.symile_run,
+        args.host,
+        args.port,
+        args.allow_hosts,
+        args.device,
+        access_options(args),
+        args.secrets,
+    )

@@ -8,11 +8,21 @@ Host is not one of the app's own names is refused here, before Streamlit sees it
 The names allowed: the localhost names, the address the server binds (`--host`, unless it
 is a wildcard such as 0.0.0.0, which names no host), and Streamlit's documented
 `server.allowedHosts` option (`symile-clinical app --allow-host NAME` sets it).
+
+The same middleware puts the security headers (`security_headers`) on every HTTP response,
+the refusals included: a Content-Security-Policy that Streamlit's page works under and that
+no other site may frame it under, X-Frame-Options DENY for browsers without CSP's
+frame-ancestors, no Referer sent elsewhere, and no content-type sniffing.
 """
 
 from __future__ import annotations
 
+import base64
+import functools
+import hashlib
+import re
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -73,9 +83,89 @@ def streamlit_allowed_hosts() -> tuple[str, ...]:
     return allowed_hosts(config.get_option("server.address"), extra)
 
 
+_PLAIN_HOST = re.compile(r"^[A-Za-z0-9.\-\[\]:]+$")  # what may be echoed into a header
+_INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.DOTALL)
+
+
+@functools.cache
+def inline_script_hashes() -> tuple[str, ...]:
+    """CSP hashes ('sha256-...') of the inline scripts of Streamlit's index.html, read from
+    the installed Streamlit: its page runs them, and CSP allows no other inline script."""
+    import streamlit
+
+    index = Path(streamlit.__file__).parent / "static" / "index.html"
+    try:
+        text = index.read_text()
+    except OSError:
+        return ()
+    return tuple(
+        "'sha256-" + base64.b64encode(hashlib.sha256(body.encode()).digest()).decode() + "'"
+        for body in _INLINE_SCRIPT.findall(text)
+    )
+
+
+def content_security_policy(host: str | None) -> str:
+    """The app's Content-Security-Policy: everything from the app's own origin (the
+    websocket to the Host the request named, which the Host check has allowed), the
+    inline styles Streamlit's components set, images and fonts also as data:/blob: URIs
+    (result thumbnails are data: URIs), Streamlit's inline scripts by hash, and never
+    inside another site's frame."""
+    sockets = f" ws://{host} wss://{host}" if host and _PLAIN_HOST.match(host) else ""
+    scripts = " ".join(("'self'", *inline_script_hashes()))
+    return "; ".join(
+        [
+            "default-src 'self'",
+            f"script-src {scripts}",
+            "style-src 'self' 'unsafe-inline'",
+            "img-src 'self' data: blob:",
+            "font-src 'self' data:",
+            "media-src 'self' data: blob:",
+            f"connect-src 'self'{sockets}",
+            "worker-src 'self' blob:",
+            "frame-src 'self'",
+            "object-src 'none'",
+            "base-uri 'self'",
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+        ]
+    )
+
+
+def security_headers(host: str | None) -> list[tuple[bytes, bytes]]:
+    """The headers added to every HTTP response (host: the request's allowed Host, or None
+    for a refused request)."""
+    return [
+        (b"content-security-policy", content_security_policy(host).encode("latin-1")),
+        (b"x-frame-options", b"DENY"),
+        (b"referrer-policy", b"no-referrer"),
+        (b"x-content-type-options", b"nosniff"),
+    ]
+
+
+SECURITY_HEADER_NAMES = frozenset(name for name, _ in security_headers(None))
+
+
+def with_security_headers(send: Send, host: str | None) -> Send:
+    """`send` with the security headers put on the response start (replacing any of the
+    same names that the app behind set)."""
+
+    async def send_secured(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = [
+                (name, value)
+                for name, value in message.get("headers") or []
+                if name.lower() not in SECURITY_HEADER_NAMES
+            ]
+            message = {**message, "headers": [*headers, *security_headers(host)]}
+        await send(message)
+
+    return send_secured
+
+
 class HostGuard:
     """ASGI middleware: a request whose Host is not allowed gets 403 (HTTP) or is closed
-    before the handshake completes (websocket), and reaches nothing behind it.
+    before the handshake completes (websocket), and reaches nothing behind it. Every HTTP
+    response carries security_headers.
 
     allowed: the host names; None reads them from Streamlit's config at the first request
     (the config is loaded by then, flags included).
@@ -98,7 +188,10 @@ class HostGuard:
             return
         headers = dict(scope.get("headers") or [])
         host = headers.get(b"host", b"").decode("latin-1") or None
-        if is_allowed(host, self.allowed):
+        allowed = is_allowed(host, self.allowed)
+        if scope["type"] == "http":
+            send = with_security_headers(send, host if allowed else None)
+        if allowed:
             await self.app(scope, receive, send)
             return
         if scope["type"] == "websocket":

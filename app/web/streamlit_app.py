@@ -3,7 +3,11 @@
 
 An st.App around the page script `app/web/main.py`, so that both ways of starting it get:
 - the Host check of `app.web.host_guard.HostGuard` on every HTTP and websocket request (DNS
-  rebinding), before Streamlit sees the request;
+  rebinding), before Streamlit sees the request, and its security headers on every HTTP
+  response;
+- the access rule of `app.web.auth`, decided before the server accepts connections: served
+  beyond loopback without a complete `[auth]` sign-in configuration (and without
+  `--unauthenticated`), the server does not start;
 - a warm start: the run's model, index, thumbnails, metadata and query embeddings are
   loaded in the server's startup (`app.web.run_context.warm_served_run`), before it accepts
   connections, so no user waits for them; sessions share what was loaded.
@@ -36,15 +40,26 @@ log = logging.getLogger("app.server")
 
 @asynccontextmanager
 async def warm_start(_app: Any) -> AsyncIterator[None]:
-    """Load the run before the server accepts connections (a run that cannot be served is
-    logged here and shown to each visitor by the page)."""
-    from app.web.run_context import RunUnavailableError, run_dir_from_args, warm_served_run
+    """Decide who may use the app, then load the run, before the server accepts connections.
+
+    Sign-in needed but not configured: logged and raised, and the server does not start. A
+    run that cannot be served is logged here and shown to each visitor by the page.
+    """
+    from app.web.auth import AuthConfigError, configure_server
+    from app.web.run_context import RunUnavailableError, warm_served_run
+    from app.web.serve_options import ServeOptions
 
     if not logging.getLogger().handlers:
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
-    run_dir = run_dir_from_args(sys.argv[1:], os.environ)
+    options = ServeOptions.from_args(sys.argv[1:], os.environ)
+    try:
+        configure_server(options)
+    except AuthConfigError as error:
+        log.error("refusing to serve: %s", error)
+        raise  # Streamlit ends the server before it accepts connections (exit status 3)
+    run_dir = options.run_dir
     if run_dir is not None:
         try:
             await asyncio.to_thread(warm_served_run, run_dir)

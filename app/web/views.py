@@ -6,17 +6,20 @@ The run, its index and everything prepared per admission live in the server proc
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import streamlit as st
 
-from app.web.markdown import markdown_table
+from app.web.audit import AuditWriteError, audit_log, audit_record
+from app.web.auth import LOOPBACK_VIEWER
+from app.web.markdown import markdown_table, without_server_paths
 from app.web.queries import MaskedLabQueries, Query, lab_score_changes, rank_candidates
 from app.web.run_context import (
     RunContext,
@@ -26,6 +29,7 @@ from app.web.run_context import (
     run_stamp,
     served_run,
 )
+from app.web.serve_options import ServeOptions
 from symile_clinical.evaluation.embedding import embed_query
 from symile_clinical.search.index import Ranking
 
@@ -43,7 +47,11 @@ def current_context() -> RunContext:
         run_dir = Path(run_dir).resolve()
         context = served_run(run_dir, run_stamp(run_dir))
     except RunUnavailableError as error:
-        st.error(f"Cannot open the run {error.path}: {error.reason}")
+        # The run by name: a served page shows no server paths (the log has them).
+        log.error("cannot serve %s: %s", error.path, error.reason)
+        st.error(
+            f"Cannot open the run {Path(error.path).name}: {without_server_paths(error.reason)}"
+        )
         st.stop()
     if context.index_rebuilt:
         st.info(
@@ -52,6 +60,67 @@ def current_context() -> RunContext:
             "checkpoint or dataset)."
         )
     return context
+
+
+VIEWER_KEY = "viewer"  # session_state: who is looking, set by main.py's gate on every run
+_LAST_AUDITED = "_audited_view"
+
+
+def serve_options() -> ServeOptions:
+    """The server script's options (the run, access, the audit folder)."""
+    return ServeOptions.from_args(sys.argv[1:], os.environ)
+
+
+def candidate_ids(context: RunContext, ranking: Ranking) -> list[str]:
+    """The dicom_ids of a ranking's results, in rank order (what the audit trail records)."""
+    ids = context.index.ids
+    return [str(ids[int(p)]) for p in ranking.positions]
+
+
+def record_view(
+    page: str,
+    event: str = "view",
+    admission: Mapping[str, int] | None = None,
+    upload: Mapping[str, Any] | None = None,
+    candidates: Mapping[str, Sequence[str]] | None = None,
+) -> None:
+    """Write this view to the run's audit trail (app.web.audit), once per distinct view of a
+    session (a rerun that shows the same ids again writes nothing). A failed write is an
+    error on the page, which then stops: nothing is shown that was not recorded."""
+    options = serve_options()
+    folder = options.audit_folder
+    if folder is None:
+        return  # no run given: the page shows only that
+    record = audit_record(
+        user=str(st.session_state.get(VIEWER_KEY, LOOPBACK_VIEWER)),
+        run=Path(options.run_dir).resolve().name if options.run_dir else "",
+        page=page,
+        event=event,
+        session=_session_id(),
+        admission=admission,
+        upload=upload,
+        candidates=candidates,
+    )
+    view = json.dumps({k: v for k, v in record.items() if k != "time"}, sort_keys=True)
+    if st.session_state.get(_LAST_AUDITED) == view:
+        return
+    try:
+        audit_log(folder).write(record)
+    except AuditWriteError as error:
+        st.error(
+            f"This view could not be written to the audit trail ({error.reason}), so it is "
+            "not shown. The server's log names the file; tell the app's administrator."
+        )
+        st.stop()
+    st.session_state[_LAST_AUDITED] = view
+
+
+def _session_id() -> str | None:
+    """The Streamlit session's id (None outside a session)."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    return None if ctx is None else str(ctx.session_id)
 
 
 def show_ecg(png: bytes, unit: str) -> None:

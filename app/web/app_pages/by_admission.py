@@ -60,13 +60,23 @@ def ranked(run: views.RunContext) -> views.Ranking:
 
 
 ranking = ranked(context)
+others = [ranked(other) for other in context.comparisons]
+# Recorded before anything of the admission's results is drawn (views.record_view).
+row_ids = context.manifest.iloc[row]
+views.record_view(
+    "by_admission",
+    admission={"subject_id": int(row_ids["subject_id"]), "hadm_id": int(row_ids["hadm_id"])},
+    candidates={
+        run.label: views.candidate_ids(run, r)
+        for run, r in zip([context, *context.comparisons], [ranking, *others], strict=True)
+    },
+)
 st.subheader(f"Top candidates for {labels[row]}")
 views.show_ranking(context, ranking, key="admission", page_size=k)
 
 if context.comparisons:
     st.subheader("Symile vs CLIP")
-    rankings = [ranking, *(ranked(other) for other in context.comparisons)]
-    views.show_side_by_side([context, *context.comparisons], rankings, "compare", k)
+    views.show_side_by_side([context, *context.comparisons], [ranking, *others], "compare", k)
 
 views.show_lab_effects(context, admission.query, admission.masked_labs, ranking, "admission")
 

@@ -41,17 +41,20 @@ context = views.current_context()
 st.title("Query by upload")
 st.caption(
     "Upload a 12-lead ECG (WFDB) and the admission labs; they go through the dataset's own "
-    f"preprocessing and the model. Files up to {MAX_UPLOAD_MB} MB are parsed in a temporary "
-    "folder and not kept."
+    "preprocessing and the model. Uploads are parsed in a temporary folder and not kept."
 )
+# One limit: the server's (server.maxUploadSize, set from MAX_UPLOAD_MB by
+# app/commands/serve.py and config.toml), which each uploader states, and the parser's.
 ecg_uploads = st.file_uploader(
     "ECG record: the .hea header with its .dat signal file, or a .zip of them",
     accept_multiple_files=True,
     key="ecg_upload",
+    max_upload_size=MAX_UPLOAD_MB,
 )
 labs_upload = st.file_uploader(
     "Labs CSV: columns `itemid` or `label`, and `value` (empty value = missing)",
     key="labs_upload",
+    max_upload_size=MAX_UPLOAD_MB,
 )
 
 for spec in context.labs_spec:
@@ -77,7 +80,12 @@ with st.expander("Lab values: enter or edit, leave empty for missing"):
                 f"{spec['label']} ({spec.get('unit', '')})", key=lab_key(spec), format="%g"
             )
 
+uploaded = {
+    "ecg": sorted(f.name for f in ecg_uploads or []),
+    "labs": labs_upload.name if labs_upload is not None else None,
+}
 if not ecg_uploads:
+    views.record_view("by_upload", upload=uploaded)
     st.info("Upload an ECG record to search the candidate CXRs.")
     st.stop()
 files = tuple((f.name, f.getvalue()) for f in ecg_uploads)
@@ -94,12 +102,22 @@ k = views.choose_k(st, len(context.index))
 # One embedding of the upload serves the ranking and the lab masking (its ECG part).
 embedded = embed_query(context.run.model, query.ecg, query.labs, query.observed)
 ranking = views.rank_with(context, query, k, None, None, embeddings=embedded)
+others = [views.rank_with(o, query, k, None, None) for o in context.comparisons]
+views.record_view(
+    "by_upload",
+    upload=uploaded,
+    candidates={
+        run.label: views.candidate_ids(run, r)
+        for run, r in zip([context, *context.comparisons], [ranking, *others], strict=True)
+    },
+)
 st.subheader(f"Top candidates among {len(context.index)} CXRs")
 views.show_ranking(context, ranking, key="upload", page_size=k)
 if context.comparisons:
     st.subheader("Symile vs CLIP")
-    rankings = [ranking] + [views.rank_with(o, query, k, None, None) for o in context.comparisons]
-    views.show_side_by_side([context, *context.comparisons], rankings, "upload_compare", k)
+    views.show_side_by_side(
+        [context, *context.comparisons], [ranking, *others], "upload_compare", k
+    )
 masked = masked_lab_queries(context.run.model, context.objective, query, embedded[0], context.fill)
 views.show_lab_effects(context, query, masked, ranking, key="upload")
 
