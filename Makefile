@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: venv test demo bench lint format browser clean
+.PHONY: venv test demo bench gpu-check lint format browser clean
 
 venv: $(STAMP)
 
@@ -32,6 +32,10 @@ demo: venv
 
 bench: venv
 	$(PY) benchmarks/run_all.py
+
+# Every CUDA path in one run on a GPU machine (benchmarks/gpu_check.py); exit 2 without CUDA.
+gpu-check: venv
+	$(PY) -m benchmarks.gpu_check
 
 lint: venv
 	$(PY) -m ruff check .
