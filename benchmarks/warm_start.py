@@ -39,9 +39,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.oracle_labels import write_finding_labels
 from benchmarks.recipe_search import N_MARKERS, probes, ridge_probe, truth_for
 from models.symile_model import build_model
-from benchmarks.oracle_labels import write_finding_labels
 from symile_clinical.experiments.study_cells import (
     measure_embeddings,
     run_summary,

@@ -12,7 +12,9 @@ from torch import nn
 
 from models.cxr_encoder import CXREncoder
 from models.ecg_encoder import ECGEncoder
+from models.gating import ModalityGate
 from models.labs_encoder import LabsEncoder
+from models.matching import MatchingHead
 from models.three_modalities import ThreeModalityModel
 from models.weights import WeightsError, load_encoder_weights
 
@@ -33,6 +35,9 @@ class ModelConfig:
     `norm`: "batch" (BatchNorm in the ECG and CXR ResNets, as torchvision's) or "group"
     (GroupNorm: the output does not depend on the batch, so eval mode behaves as training
     did even after few steps, and data-parallel training equals one process exactly).
+    `gate_dim`: width of Gated Symile's gate projections (models/gating.py); 0 = no gate.
+    `matching_hidden`: hidden width of GRAM's matching head (models/matching.py); 0 = none.
+    Both follow the training objective (formats/run_config.py sets them).
     """
 
     embed_dim: int = 256
@@ -55,8 +60,15 @@ class ModelConfig:
     freeze_logit_scale: bool = False
     projection_offset: float = 0.0
     arch: str = "symile_clinical"
+    gate_dim: int = 0
+    matching_hidden: int = 0
 
     def __post_init__(self) -> None:
+        if self.gate_dim < 0 or self.matching_hidden < 0:
+            raise ValueError(
+                f"gate_dim and matching_hidden must be >= 0 (0: none), got {self.gate_dim}, "
+                f"{self.matching_hidden}"
+            )
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"arch must be one of {ARCHITECTURES}, got {self.arch!r}")
         if self.projection not in PROJECTIONS:
@@ -147,6 +159,15 @@ def _build(config: ModelConfig) -> ThreeModalityModel:
     return SymileModel(config)
 
 
+def _add_heads(model: ThreeModalityModel, config: ModelConfig) -> None:
+    """The objective's heads, built after the encoders so that these start as they would
+    without them (the same draws from the generator)."""
+    if config.gate_dim:
+        model.gate = ModalityGate(3, config.embed_dim, key_dim=config.gate_dim)
+    if config.matching_hidden:
+        model.matching_head = MatchingHead(3, config.embed_dim, hidden=config.matching_hidden)
+
+
 def build_model(
     config: ModelConfig,
     seed: int | None = None,
@@ -154,7 +175,8 @@ def build_model(
     encoder_weights: Path | None = None,
 ) -> ThreeModalityModel:
     """Build config.arch's model: a SymileModel, or for "symile_mimic_reference" the published
-    architecture (SymileMIMICReference); both have ThreeModalityModel's interface. With
+    architecture (SymileMIMICReference); both have ThreeModalityModel's interface, with the
+    gate and matching head that config.gate_dim and config.matching_hidden ask for. With
     `seed`, initialise it reproducibly without touching global RNG.
 
     nn.Module initialisers draw from torch's global generator and take no generator
@@ -162,10 +184,12 @@ def build_model(
     """
     if seed is None:
         model = _build(config)
+        _add_heads(model, config)
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = _build(config)
+            _add_heads(model, config)
     if cxr_weights is not None:
         if config.arch != "symile_clinical":
             raise WeightsError(

@@ -1,4 +1,5 @@
-"""What every model of the project shares: three encoders and a learned log logit scale."""
+"""What every model of the project shares: three encoders, a learned log logit scale and the
+objective's optional heads (Gated Symile's gate, GRAM's matching head)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,21 @@ LOGIT_SCALE_MAX = math.log(100.0)  # CLIP clamps exp(scale) at 100; the trainer 
 class ThreeModalityModel(nn.Module):
     """Base of the ECG + labs + CXR models (SymileModel, SymileMIMICReference): subclasses
     define the three encoder modules, `encode_ecg`, `encode_labs`, `encode_cxr` and the
-    parameter `logit_scale` (log scale); forward and the clamp are here."""
+    parameter `logit_scale` (log scale); forward and the clamp are here.
+
+    `gate` (models.gating.ModalityGate) and `matching_head` (models.matching.MatchingHead)
+    are None unless the objective needs them (`build_model` adds them): submodules of the
+    model, so that they are saved with it and trained inside the DDP-wrapped module."""
 
     ecg_encoder: nn.Module
     labs_encoder: nn.Module
     cxr_encoder: nn.Module
     logit_scale: nn.Parameter
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate: nn.Module | None = None
+        self.matching_head: nn.Module | None = None
 
     def encode_ecg(self, ecg: torch.Tensor) -> torch.Tensor:
         """ECG float32 [B, 12, T] -> [B, d]."""

@@ -244,3 +244,22 @@ def test_a_reference_state_dict_tells_its_shape_and_another_names_what_it_lacks(
     del state["logit_scale"]
     with pytest.raises(KeyError, match="logit_scale"):
         reference_shape(state)
+
+
+def test_objective_heads_are_submodules_built_after_the_encoders() -> None:
+    plain = build_model(TINY, seed=0)
+    assert plain.gate is None and plain.matching_head is None
+    headed = build_model(
+        ModelConfig(**{**TINY.__dict__, "gate_dim": 4, "matching_hidden": 6}), seed=0
+    )
+    state, plain_state = headed.state_dict(), plain.state_dict()
+    # The encoders start as they would without heads: the heads draw after them.
+    for name, tensor in plain_state.items():
+        torch.testing.assert_close(state[name], tensor, rtol=0, atol=0, msg=name)
+    extra = sorted(set(state) - set(plain_state))
+    assert extra and all(k.startswith(("gate.", "matching_head.")) for k in extra)
+    assert {p for p in headed.parameters()} >= set(headed.gate.parameters())
+    # A model without heads (every checkpoint before them) loads into the same config.
+    build_model(TINY).load_state_dict(plain_state)
+    with pytest.raises(ValueError, match="gate_dim"):
+        ModelConfig(gate_dim=-1)

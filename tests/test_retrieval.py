@@ -108,3 +108,31 @@ def test_top_k_indices_match_sorting_and_break_ties_fairly() -> None:
     firsts = top_k_indices(np.zeros((6000, 3)), 1, np.random.default_rng(1))[:, 0]
     np.testing.assert_allclose(np.bincount(firsts) / 6000, [1 / 3] * 3, atol=0.03)
     assert top_k_indices(scores, 50, rng).shape == (30, 12)
+
+
+@pytest.mark.parametrize("objective", ["symile", "clip", "gram", "triangle"])
+def test_rank_queries_ranks_by_each_objectives_own_score(objective: str) -> None:
+    """Every query against the pool in small chunks equals a per-query loop over the
+    objective's own score function."""
+    import torch
+
+    from symile_clinical.evaluation.retrieval import rank_queries
+    from symile_clinical.formats.dataset_dir import CandidateSets
+    from symile_clinical.objective.scores import objective_score
+
+    rng = np.random.default_rng(7)
+    n, d, k = 12, 6, 4
+    ecg, labs, cxr = (rng.normal(size=(n, d)).astype(np.float32) for _ in range(3))
+    query_rows = np.arange(n)
+    others = [rng.choice(np.delete(np.arange(n), q), k - 1, replace=False) for q in query_rows]
+    candidate_rows = np.stack([np.append(o, q) for o, q in zip(others, query_rows, strict=True)])
+    sets = CandidateSets(query_rows, candidate_rows, np.full(n, k - 1))
+    ranks = rank_queries(objective, ecg, labs, cxr, sets, seed=0, chunk=5)
+    score = objective_score(objective)
+    for q in range(n):
+        row = score(
+            torch.from_numpy(cxr[candidate_rows[q]]),
+            [torch.from_numpy(ecg[q : q + 1]), torch.from_numpy(labs[q : q + 1])],
+        )[0].numpy()
+        np.testing.assert_allclose(ranks.candidate_scores[q], row, rtol=1e-5, atol=1e-6)
+        assert ranks.candidate_ranks[q] == 1 + int((row > row[-1]).sum())

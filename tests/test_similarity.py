@@ -55,3 +55,30 @@ def test_mismatched_dimensions_are_rejected() -> None:
         mip_scores(torch.zeros(3, 4), [torch.zeros(2, 4), torch.zeros(2, 5)])
     with pytest.raises(ValueError, match="candidates must be"):
         clip_scores(torch.zeros(4), [torch.zeros(2, 4)])
+
+
+def test_objective_scores_say_which_are_inner_products() -> None:
+    from symile_clinical.formats.run_config import OBJECTIVES
+    from symile_clinical.objective.scores import (
+        SCORED_OBJECTIVES,
+        objective_score,
+        score_is_inner_product,
+    )
+
+    assert set(SCORED_OBJECTIVES) == set(OBJECTIVES)
+    assert {o: score_is_inner_product(o) for o in OBJECTIVES} == {
+        "symile": True,
+        "clip": True,
+        "gram": False,
+        "triangle": False,
+        "gated-symile": False,
+    }
+    g = torch.Generator().manual_seed(0)
+    pool, e, lab = (torch.randn(n, 8, generator=g) for n in (5, 3, 3))
+    # The inner-product objectives' scores are their query vectors dotted with candidates.
+    assert torch.equal(objective_score("symile")(pool, [e, lab]), mip_scores(pool, [e, lab]))
+    assert torch.equal(objective_score("clip")(pool, [e, lab]), clip_scores(pool, [e, lab]))
+    with pytest.raises(ValueError, match="unknown objective"):
+        objective_score("infonce")
+    with pytest.raises(ValueError, match="gate"):
+        objective_score("gated-symile")

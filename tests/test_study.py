@@ -297,3 +297,37 @@ def test_start_names_and_specs_are_checked(tmp_path: Path) -> None:
     both = StudyConfig.quick(tmp_path / "out", starts={"r": "random"}, pretrain=True)
     with pytest.raises(UsageError, match="replaces --pretrain"):
         run_study(both)
+
+
+def test_every_objective_in_one_study_with_paired_differences_against_symile(
+    tmp_path: Path,
+) -> None:
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(TINY_RECIPE)
+    objectives = ("symile", "clip", "gram", "triangle", "gated-symile")
+    config = StudyConfig.quick(
+        tmp_path / "out",
+        admissions=200,
+        fractions=(1.0,),
+        seeds=(0,),
+        recipes=dict.fromkeys(objectives, str(recipe)),
+        jobs=1,
+        max_steps=2,
+        progress=False,
+    )
+    study = run_study(config)
+    summary = study["summary"]
+    assert summary["objectives"] == list(objectives)
+    assert {c["objective"] for c in summary["cells"].values()} == set(objectives)
+    assert set(summary["symile_minus_each"]) == {f"1/{o}" for o in objectives[1:]}
+    top1 = {r["objective"]: r["top1"] for r in study["results"]}
+    gram = summary["symile_minus_each"]["1/gram"]
+    assert gram["mean"] == pytest.approx(top1["symile"] - top1["gram"])
+    markdown = study["files"]["markdown"].read_text()
+    assert "Symile - each other objective" in markdown and "gated-symile" in markdown
+
+
+def test_study_objectives_option_refuses_an_unknown_objective(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["study", "--objectives", "symile,nope", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2

@@ -94,6 +94,33 @@ def test_config_round_trips_through_json() -> None:
     assert config_from_dict(json.loads(json.dumps(values))) == augmented
 
 
+def test_new_objectives_presets_start_from_demo() -> None:
+    """demo-gram, demo-triangle, demo-gated-symile: demo's size (not yet chosen on
+    validation), each with its objective and heads, unit vectors."""
+    demo = demo_config()
+    for objective in ("gram", "triangle", "gated-symile"):
+        config = load_config(f"demo-{objective}")
+        assert config.objective == objective and config.preset == f"demo-{objective}"
+        assert (config.epochs, config.batch_size, config.augmentation) == (
+            demo.epochs,
+            demo.batch_size,
+            demo.augmentation,
+        )
+        same_encoders = ("ecg_channels", "ecg_stem_stride", "cxr_arch", "cxr_size", "embed_dim")
+        for name in same_encoders:
+            assert getattr(config.model, name) == getattr(demo.model, name), name
+        assert config.model.projection == "l2"
+        assert (config.model.gate_dim > 0) == (objective == "gated-symile")
+        assert (config.model.matching_hidden > 0) == (objective == "gram")
+
+
+def test_cli_objective_choices_are_the_schemas() -> None:
+    from symile_clinical.commands.train import OBJECTIVE_CHOICES
+    from symile_clinical.formats.run_config import OBJECTIVES
+
+    assert OBJECTIVE_CHOICES == OBJECTIVES
+
+
 def test_presets_keep_their_augmentation() -> None:
     chosen = Augmentation(ecg_shift=500, ecg_gain=0.1, cxr_shift=4)
     assert demo_config().augmentation == load_config("demo-clip").augmentation == chosen

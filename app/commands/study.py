@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from app.workflows.cohort import PRETRAIN_FRACTION, PRETRAIN_SEED, PRETRAIN_SOURCES
-from app.workflows.study import DEFAULT_RECIPES, StudyConfig, run_study
+from app.workflows.study import DEFAULT_RECIPES, RECIPES, StudyConfig, run_study
 from symile_clinical.cli import int_at_least
 
 
@@ -41,7 +41,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seeds", type=int_at_least(1), default=None, help="training seeds")
     parser.add_argument("--jobs", type=int_at_least(1), default=2, help="parallel trainings")
     parser.add_argument("--max-steps", type=int_at_least(1), default=None)
-    for objective, preset in DEFAULT_RECIPES.items():
+    parser.add_argument(
+        "--objectives",
+        type=_objectives,
+        default=tuple(DEFAULT_RECIPES),
+        help=f"comma-separated objectives to train, each with its recipe (default symile,clip; "
+        f"known: {','.join(RECIPES)})",
+    )
+    for objective, preset in RECIPES.items():
         parser.add_argument(
             f"--{objective}-recipe",
             default=preset,
@@ -83,6 +90,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run_study_command)
 
 
+def _objectives(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in RECIPES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: objectives among {', '.join(RECIPES)}")
+    return names
+
+
 def _start(text: str) -> tuple[str, str]:
     name, _, spec = text.partition("=")
     if not name or not spec:
@@ -102,7 +117,7 @@ def run_study_command(args: argparse.Namespace) -> int:
     changes: dict[str, Any] = {
         "jobs": args.jobs,
         "progress": not args.no_progress,
-        "recipes": {"symile": args.symile_recipe, "clip": args.clip_recipe},
+        "recipes": {o: getattr(args, f"{o.replace('-', '_')}_recipe") for o in args.objectives},
     }
     if args.admissions is not None:
         changes["admissions"] = args.admissions

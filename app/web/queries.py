@@ -2,9 +2,10 @@
 
 Pure functions of arrays and a loaded model: the Streamlit pages only display their results.
 A query is embedded by `symile_clinical.evaluation.embedding` (never by the encoders
-directly here), turned into the vector candidates are dotted with by
-`symile_clinical.objective.similarity.query_vector` and ranked by the index's own
-`CandidateIndex.rank`.
+directly here) and ranked by the index's own `CandidateIndex.rank` under the run's
+objective: Symile and CLIP through the vector candidates are dotted with
+(`symile_clinical.objective.similarity.query_vector`), GRAM, TRIANGLE and Gated Symile by
+their own score of each candidate (`symile_clinical.objective.scores`).
 """
 
 from __future__ import annotations
@@ -15,9 +16,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from preprocessing.labs import approximate_value
 from symile_clinical.evaluation.embedding import EmbeddingModel, embed_ecg, embed_labs
+from symile_clinical.objective.scores import (
+    ObjectiveScore,
+    objective_score,
+    score_is_inner_product,
+)
 from symile_clinical.objective.similarity import query_vector
 from symile_clinical.search.index import CandidateIndex, Ranking
 
@@ -44,25 +51,44 @@ def rank_candidates(
 ) -> Ranking:
     """Rank a pool (index positions; None = the whole index) for one query; best first.
 
-    The query's vector under `objective` ranked by `CandidateIndex.rank`: probabilities are
-    the softmax of logit_scale * score over the whole pool. Ties go to the lower position.
+    Ranked by `CandidateIndex.rank`: the query's vector under `objective` when its score is
+    an inner product, else the query's embeddings under the index's (the run's) own score.
+    Probabilities are the softmax of logit_scale * score over the whole pool. Ties go to the
+    lower position.
     """
-    query = query_vector(
-        objective, [np.asarray(ecg_emb, np.float32), np.asarray(labs_emb, np.float32)]
-    )
-    return index.rank(query, k, logit_scale, pool, true_position)
+    embeddings = [np.asarray(ecg_emb, np.float32), np.asarray(labs_emb, np.float32)]
+    if score_is_inner_product(objective):
+        query = query_vector(objective, embeddings)
+        return index.rank(query, k, logit_scale, pool, true_position)
+    return index.rank(embeddings, k, logit_scale, pool, true_position)
 
 
 @dataclass(frozen=True)
 class MaskedLabQueries:
-    """A query's vector with all its labs, then with each observed lab masked in turn.
+    """A query with all its labs, then with each observed lab masked in turn.
 
-    vectors float32 [n + 1, d]: row 0 the full query's vector, row i + 1 the vector with
-    lab observed_idx[i] masked; a candidate's score changes are then one matrix product.
+    Row 0 is the full query, row i + 1 the query with lab observed_idx[i] masked: ecg and
+    labs float32 [n + 1, d] are their embeddings; `vectors` float32 [n + 1, d] their query
+    vectors when the objective's score is an inner product (a candidate's score changes are
+    then one matrix product), else None and `score` (the run's) scores the rows.
     """
 
     observed_idx: np.ndarray  # int64 [n], lab columns observed in the query
-    vectors: np.ndarray  # float32 [n + 1, d]
+    vectors: np.ndarray | None  # float32 [n + 1, d], inner-product objectives only
+    ecg: np.ndarray | None = None  # float32 [n + 1, d]
+    labs: np.ndarray | None = None  # float32 [n + 1, d]
+    score: ObjectiveScore | None = None
+
+    def candidate_scores(self, candidate_embedding: np.ndarray) -> np.ndarray:
+        """float32 [n + 1]: one candidate's score [d] for every row."""
+        candidate = np.asarray(candidate_embedding, np.float32)
+        if self.vectors is not None:
+            return self.vectors @ candidate
+        if self.score is None or self.ecg is None or self.labs is None:
+            raise ValueError("masked lab queries without query vectors need embeddings and score")
+        pool = torch.from_numpy(np.ascontiguousarray(candidate[None]))
+        rows = [torch.from_numpy(self.ecg), torch.from_numpy(self.labs)]
+        return self.score(pool, rows).numpy()[:, 0]
 
 
 def masked_lab_queries(
@@ -76,7 +102,8 @@ def masked_lab_queries(
 
     Masking sets the lab's observed flag to 0 and its percentile to the fill value, exactly
     as a missing lab is presented in training. `ecg_emb` [d], when the query's ECG
-    embedding is known, spares the ECG encoder (the labs do not change it).
+    embedding is known, spares the ECG encoder (the labs do not change it). `objective`'s
+    score comes with `model` (Gated Symile's gate is the model's).
     """
     observed_idx = np.flatnonzero(np.asarray(query.observed) > 0)
     n = len(observed_idx)
@@ -90,8 +117,13 @@ def masked_lab_queries(
         ecg_emb = embed_ecg(model, np.asarray(query.ecg)[None])[0]
     labs_emb = embed_labs(model, labs, observed)
     ecg_rows = np.repeat(np.asarray(ecg_emb, np.float32)[None], n + 1, axis=0)
-    vectors = query_vector(objective, [ecg_rows, labs_emb]).astype(np.float32)
-    return MaskedLabQueries(observed_idx.astype(np.int64), vectors)
+    score = objective_score(objective, model)
+    if score.is_inner_product:
+        vectors = query_vector(objective, [ecg_rows, labs_emb]).astype(np.float32)
+        return MaskedLabQueries(observed_idx.astype(np.int64), vectors)
+    return MaskedLabQueries(
+        observed_idx.astype(np.int64), None, ecg_rows, labs_emb.astype(np.float32), score
+    )
 
 
 def lab_effects(
@@ -126,7 +158,7 @@ def lab_score_changes(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(change, order): a candidate's score change float64 [n] when each observed lab is
     masked (masked minus full), and the order of the largest |change| first (stable)."""
-    scores = masked.vectors @ np.asarray(candidate_embedding, np.float32)
+    scores = masked.candidate_scores(candidate_embedding)
     changes = (scores[1:] - scores[0]).astype(np.float64)
     return changes, np.argsort(-np.abs(changes), kind="stable")
 

@@ -51,7 +51,15 @@ log = logging.getLogger(__name__)
 
 # Each objective's recipe: a preset name of symile_clinical.training.config (chosen on
 # validation by benchmarks/recipe_search.py; docs/diagnosis.md).
-DEFAULT_RECIPES = {"symile": "demo", "clip": "demo-clip"}
+# Each objective's own recipe; the study runs `objectives` (Symile and CLIP by default).
+RECIPES = {
+    "symile": "demo",
+    "clip": "demo-clip",
+    "gram": "demo-gram",
+    "triangle": "demo-triangle",
+    "gated-symile": "demo-gated-symile",
+}
+DEFAULT_RECIPES = {objective: RECIPES[objective] for objective in ("symile", "clip")}
 
 
 @dataclass(frozen=True)

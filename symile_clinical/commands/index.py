@@ -33,12 +33,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--thumbnail-size", type=int, default=96, help="thumbnail side, px")
     parser.add_argument("--force", action="store_true", help="rebuild even when current")
     parser.add_argument(
+        "--device", default="cpu", help="where the CXRs are embedded: cpu | cuda | cuda:N"
+    )
+    parser.add_argument(
         "--faiss-check",
         choices=FAISS_CHECK_KINDS,
         default=None,
         help="also build a faiss inner-product index (flat: exact; hnsw: a graph; ivf: "
         "k-means lists) and report its recall@10 and speed against exact search on the "
-        "split's queries",
+        "split's queries (Symile and CLIP only: the other objectives' scores are not inner "
+        "products, and asking is an error)",
     )
     parser.set_defaults(run=run)
 
@@ -57,7 +61,12 @@ def run(args: argparse.Namespace) -> int:
         thumbnail_size=args.thumbnail_size,
         force=args.force,
     )
-    loaded = load_run(config.run_dir, checkpoint=config.checkpoint)
+    loaded = load_run(config.run_dir, checkpoint=config.checkpoint, device=args.device)
+    if args.faiss_check:
+        from symile_clinical.search.index import require_inner_product
+
+        # Before any work: GRAM, TRIANGLE and Gated Symile have no query vector for faiss.
+        require_inner_product(loaded.objective, "--faiss-check")
     index, rebuilt = ensure_index(loaded, config)
     log.info(
         "%s %s: %d candidates, d=%d, checkpoint %s",

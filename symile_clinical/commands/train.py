@@ -1,4 +1,5 @@
-"""`symile-clinical train`: train Symile or pairwise CLIP on a preprocessed dataset."""
+"""`symile-clinical train`: train Symile, pairwise CLIP, GRAM, TRIANGLE or Gated Symile on a
+preprocessed dataset."""
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ import logging
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+# formats/run_config.OBJECTIVES, named here so that the CLI's parser does not import torch
+# (tests/test_train.py checks they agree).
+OBJECTIVE_CHOICES = ("symile", "clip", "gram", "triangle", "gated-symile")
 
 # argparse dest -> TrainConfig field (None values mean "keep the preset's").
 TRAIN_OVERRIDES = {
@@ -41,7 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `train` subcommand."""
     parser = subparsers.add_parser(
         "train",
-        help="train Symile (or pairwise CLIP) on a preprocessed dataset into a run directory",
+        help="train Symile (or CLIP, GRAM, TRIANGLE, Gated Symile) on a preprocessed dataset "
+        "into a run directory",
         description=(
             "Train the ECG + labs + CXR model. Writes the run directory (docs/formats.md): "
             "its config (with the dataset's absolute path), the last and best checkpoints "
@@ -59,10 +65,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--config",
         default="demo",
-        help="preset (demo: Symile, demo-clip: CLIP, paper, search-base) or a TOML file "
-        "(default: demo)",
+        help="preset (demo: Symile, demo-clip: CLIP, demo-gram, demo-triangle, "
+        "demo-gated-symile, paper, search-base) or a TOML file (default: demo)",
     )
-    parser.add_argument("--objective", choices=("symile", "clip"))
+    parser.add_argument(
+        "--objective",
+        choices=OBJECTIVE_CHOICES,
+        help="the loss and its retrieval score (default: the preset's); GRAM adds a matching "
+        "head, Gated Symile a gate, to the model",
+    )
     parser.add_argument("--negatives", choices=("n", "n_squared", "conditional"))
     parser.add_argument(
         "--resume", action="store_true", help="continue RUN from its last checkpoint"

@@ -3,13 +3,19 @@
 For each run (the main one and any --compare runs), on the same split of the same dataset:
 
 - candidate sets (the paper's task): each query (an admission's ECG + labs) ranks its K
-  candidate CXRs from candidates.parquet (its own + K-1 others) by the run's score (MIP for
-  Symile, sum of dot products for CLIP); top-1 accuracy with random tie-breaking, and MRR,
+  candidate CXRs from candidates.parquet (its own + K-1 others) by the run's own score
+  (objective/scores.py: MIP for Symile, sum of dot products for CLIP, -volume for GRAM,
+  -area for TRIANGLE, the gated MIP for Gated Symile); top-1 accuracy with random
+  tie-breaking, and MRR,
   each with a bootstrap SE and 95% CI over queries; chance is 1/K;
 - the whole pool: every CXR of the split is a candidate; recall@1/5/10, MRR, median rank;
 - missing labs: top-1 by number of observed labs (bins), and with every lab masked
   (observed = 0, values = dataset.json's fill percentiles), i.e. an ECG-only query, with
-  the paired difference full - ECG-only;
+  the paired difference full - ECG-only; for Gated Symile, whose score has a NULL option for
+  a modality flagged missing, both ways side by side ("missing_labs"): the observed mask
+  alone (no flag) and the NULL option (the labs of a query with no observed lab, and of
+  every ECG-only query, flagged missing). Its main metrics score as it trained: the labs of
+  a query with no observed lab flagged missing;
 - comparison: the main run minus each compare run, paired over the same resampled queries.
 
 metrics.json (written by report.write_report) is the dict `evaluate` returns:
@@ -23,7 +29,9 @@ metrics.json (written by report.write_report) is the dict `evaluate` returns:
            pool {recall@1, recall@5, recall@10, mrr: estimates; median_rank},
            by_observed_labs [{label, low, high, n, top1 {...} | null}],
            ecg_only {candidate_top1, pool, full_minus_ecg_only {... , fraction_a_better,
-                     significant}}}],
+                     significant}},
+           missing_labs (Gated Symile only) {observed_mask, null_option: each
+                     {by_observed_labs [...], ecg_only {...}}}}],
     comparisons [{a, b, candidate_top1, candidate_mrr, pool_recall@1, pool_mrr,
                   ecg_only_candidate_top1}: paired differences a - b]
 """
@@ -69,6 +77,7 @@ from symile_clinical.evaluation.retrieval import (
 )
 from symile_clinical.formats.dataset_dir import CandidateSets, DatasetDir, DatasetError, SplitArrays
 from symile_clinical.formats.run_dir import LoadedRun, RunDir, load_run
+from symile_clinical.objective.scores import objective_score
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +180,37 @@ def _paired(a: np.ndarray, b: np.ndarray, config: EvaluateConfig) -> dict[str, A
     ).to_dict()
 
 
+def by_observed_labs(
+    top1: np.ndarray, n_observed: np.ndarray, bins: list[tuple[int, int]], config: EvaluateConfig
+) -> list[dict[str, Any]]:
+    """Top-1 (with CI) of the queries in each bin of observed-lab counts."""
+    by_bins = []
+    for low, high in bins:
+        inside = (n_observed >= low) & (n_observed <= high)
+        by_bins.append(
+            {
+                "label": _bin_label(low, high),
+                "low": low,
+                "high": high,
+                "n": int(inside.sum()),
+                "top1": _estimate(top1[inside], config).to_dict() if inside.any() else None,
+            }
+        )
+    return by_bins
+
+
+def ecg_only_metrics(
+    top1: np.ndarray, masked_ranks: QueryRanks, config: EvaluateConfig
+) -> dict[str, Any]:
+    """The ECG-only query's top-1 and pool metrics, and the paired labs' gain full - ECG-only."""
+    masked_top1 = top1_correct(masked_ranks.candidate_ranks)
+    return {
+        "candidate_top1": _estimate(masked_top1, config).to_dict(),
+        "pool": pool_metrics(masked_ranks.pool_ranks, config),
+        "full_minus_ecg_only": _paired(top1, masked_top1, config),
+    }
+
+
 def summarise_run(
     ranks: QueryRanks,
     masked_ranks: QueryRanks,
@@ -185,29 +225,13 @@ def summarise_run(
     k = ranks.candidate_scores.shape[1]
     top1 = top1_correct(ranks.candidate_ranks)
     masked_top1 = top1_correct(masked_ranks.candidate_ranks)
-    by_bins = []
-    for low, high in bins:
-        inside = (n_observed >= low) & (n_observed <= high)
-        by_bins.append(
-            {
-                "label": _bin_label(low, high),
-                "low": low,
-                "high": high,
-                "n": int(inside.sum()),
-                "top1": _estimate(top1[inside], config).to_dict() if inside.any() else None,
-            }
-        )
     metrics = {
         "candidate_top1": _estimate(top1, config).to_dict(),
         "candidate_mrr": _estimate(1.0 / ranks.candidate_ranks, config).to_dict(),
         "candidate_rank_counts": np.bincount(ranks.candidate_ranks, minlength=k + 1)[1:].tolist(),
         "pool": pool_metrics(ranks.pool_ranks, config),
-        "by_observed_labs": by_bins,
-        "ecg_only": {
-            "candidate_top1": _estimate(masked_top1, config).to_dict(),
-            "pool": pool_metrics(masked_ranks.pool_ranks, config),
-            "full_minus_ecg_only": _paired(top1, masked_top1, config),
-        },
+        "by_observed_labs": by_observed_labs(top1, n_observed, bins, config),
+        "ecg_only": ecg_only_metrics(top1, masked_ranks, config),
     }
     per_query = {
         "candidate_top1": top1,
@@ -217,6 +241,34 @@ def summarise_run(
         "ecg_only_candidate_top1": masked_top1,
     }
     return metrics, per_query
+
+
+def missing_labs_ways(
+    ranks: QueryRanks,
+    mask_only: QueryRanks,
+    masked: QueryRanks,
+    null_ecg_only: QueryRanks,
+    n_observed: np.ndarray,
+    bins: list[tuple[int, int]],
+    config: EvaluateConfig,
+) -> dict[str, Any]:
+    """Gated Symile's two ways of handling missing labs, side by side: "observed_mask" (no
+    flag: missing labs reach the score only through the labs encoder's observed mask) and
+    "null_option" (the labs of a query with no observed lab, and of every ECG-only query,
+    flagged missing: replaced by the learnt neutral vector). Each has top-1 by observed-lab
+    bins and the ECG-only query with the labs' gain over it."""
+    top1 = top1_correct(ranks.candidate_ranks)
+    mask_top1 = top1_correct(mask_only.candidate_ranks)
+    return {
+        "observed_mask": {
+            "by_observed_labs": by_observed_labs(mask_top1, n_observed, bins, config),
+            "ecg_only": ecg_only_metrics(mask_top1, masked, config),
+        },
+        "null_option": {
+            "by_observed_labs": by_observed_labs(top1, n_observed, bins, config),
+            "ecg_only": ecg_only_metrics(top1, null_ecg_only, config),
+        },
+    }
 
 
 def compare_runs(a: RunEvaluation, b: RunEvaluation, config: EvaluateConfig) -> dict[str, Any]:
@@ -304,19 +356,30 @@ def evaluate_run(
         )
     log.info("embedding %s split (%d rows) with %s", arrays.split, len(arrays), name)
     embeddings = embed_for_evaluation(loaded, arrays, fill, config.batch_size, config.device)
+    score = objective_score(loaded.objective, loaded.model)
+    labs_missing = np.asarray(arrays.labs_observed).sum(axis=1) == 0
+    ecg, cxr = embeddings.ecg, embeddings.cxr
     ranks = rank_queries(
-        loaded.objective, embeddings.ecg, embeddings.labs, embeddings.cxr, sets, config.seed
+        score, ecg, embeddings.labs, cxr, sets, config.seed, labs_missing=labs_missing
     )
-    masked = rank_queries(
-        loaded.objective,
-        embeddings.ecg,
-        embeddings.labs_masked,
-        embeddings.cxr,
-        sets,
-        config.seed,
-    )
+    masked = rank_queries(score, ecg, embeddings.labs_masked, cxr, sets, config.seed)
     n_observed = np.asarray(arrays.labs_observed[sets.query_rows]).sum(axis=1)
     metrics, per_query = summarise_run(ranks, masked, n_observed, bins, config)
+    if score.reads_missing_flags:
+        mask_only = rank_queries(score, ecg, embeddings.labs, cxr, sets, config.seed)
+        every_lab_flagged = np.ones(len(arrays), dtype=bool)
+        null_ecg_only = rank_queries(
+            score,
+            ecg,
+            embeddings.labs_masked,
+            cxr,
+            sets,
+            config.seed,
+            labs_missing=every_lab_flagged,
+        )
+        metrics["missing_labs"] = missing_labs_ways(
+            ranks, mask_only, masked, null_ecg_only, n_observed, bins, config
+        )
     header = {
         "name": name,
         "run_dir": str(loaded.run_dir),

@@ -268,6 +268,44 @@ def metric_rows(metrics: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
                 ],
             )
         )
+    if any("missing_labs" in r for r in runs):
+        rows += missing_labs_rows(metrics)
+    return rows
+
+
+# How each way of handling missing labs is named in the table (evaluate.missing_labs_ways).
+MISSING_LABS_WAYS = {"observed_mask": "observed mask", "null_option": "NULL option"}
+
+
+def missing_labs_rows(metrics: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
+    """Gated Symile's two ways of handling missing labs side by side: the ECG-only top-1 and
+    the top-1 per observed-lab bin of each way ("-" for a run without them)."""
+    runs = metrics["runs"]
+    rows: list[tuple[str, list[str]]] = []
+    for way, label in MISSING_LABS_WAYS.items():
+        rows.append(
+            (
+                f"ECG-only top-1 ({label})",
+                [
+                    _pct(r["missing_labs"][way]["ecg_only"]["candidate_top1"])
+                    if "missing_labs" in r
+                    else "-"
+                    for r in runs
+                ],
+            )
+        )
+        for i, bin_ in enumerate(metrics["lab_bins"]):
+            rows.append(
+                (
+                    f"top-1, {bin_['label']} labs observed ({label})",
+                    [
+                        _pct(r["missing_labs"][way]["by_observed_labs"][i]["top1"])
+                        if "missing_labs" in r
+                        else "-"
+                        for r in runs
+                    ],
+                )
+            )
     return rows
 
 

@@ -20,10 +20,13 @@ import numpy as np
 import torch
 
 from symile_clinical.formats.dataset_dir import CandidateSets
-from symile_clinical.objective.similarity import score_fn
+from symile_clinical.objective.scores import ObjectiveScore, labs_missing_flags, objective_score
 
 # Queries scored against the whole pool at once: a [chunk, N] float32 block in memory.
 QUERY_CHUNK = 1024
+# Scores that are not one matrix product hold a few [chunk, N] blocks (GRAM: [chunk, N, 3, 3])
+# at once: at most this many query-candidate pairs per chunk.
+PAIRS_PER_CHUNK = 1 << 22
 
 
 def true_item_ranks(
@@ -118,33 +121,43 @@ class QueryRanks:
 
 
 def rank_queries(
-    objective: str,
+    objective: str | ObjectiveScore,
     ecg: np.ndarray,
     labs: np.ndarray,
     cxr: np.ndarray,
     sets: CandidateSets,
     seed: int,
     chunk: int = QUERY_CHUNK,
+    labs_missing: np.ndarray | None = None,
 ) -> QueryRanks:
     """Rank each query's true CXR within its candidate set and within the whole pool.
 
     ecg, labs, cxr: float32 [N, d] embeddings of the split's rows; query q is row
-    sets.query_rows[q] and its true CXR is the same row. Scores come from
-    similarity.score_fn(objective), a chunk of queries against the pool at a time. Candidate
-    ties break with np.random.default_rng(seed) over all queries in one draw; pool ties with
+    sets.query_rows[q] and its true CXR is the same row. Scores come from the objective's
+    score (objective.scores: a name, or an ObjectiveScore, which Gated Symile needs for its
+    gate), a chunk of queries against the pool at a time. labs_missing: bool [N] per split
+    row, True = the labs flagged missing (only Gated Symile's score reads it). Candidate ties
+    break with np.random.default_rng(seed) over all queries in one draw; pool ties with
     ([seed, 1]). Training's validation accuracy and evaluation both rank here.
     """
-    scorer = score_fn(objective)
+    scorer = objective if isinstance(objective, ObjectiveScore) else objective_score(objective)
     pool = torch.from_numpy(np.ascontiguousarray(cxr, dtype=np.float32))
     q_ecg = torch.from_numpy(np.ascontiguousarray(ecg[sets.query_rows], dtype=np.float32))
     q_labs = torch.from_numpy(np.ascontiguousarray(labs[sets.query_rows], dtype=np.float32))
+    flags = None
+    if labs_missing is not None:
+        missing = np.asarray(labs_missing, dtype=bool)[sets.query_rows]
+        flags = labs_missing_flags(torch.from_numpy(np.ascontiguousarray(missing)))
+    if not scorer.is_inner_product:
+        chunk = max(1, min(chunk, PAIRS_PER_CHUNK // max(len(pool), 1)))
     n_queries = len(sets)
     candidate_scores = np.empty(sets.candidate_rows.shape, dtype=np.float32)
     pool_ranks = np.empty(n_queries, dtype=np.int64)
     pool_rng = np.random.default_rng([seed, 1])
     for start in range(0, n_queries, chunk):
         part = slice(start, min(start + chunk, n_queries))
-        scores = scorer(pool, [q_ecg[part], q_labs[part]]).numpy()
+        part_flags = flags[part] if flags is not None else None
+        scores = scorer(pool, [q_ecg[part], q_labs[part]], part_flags).numpy()
         candidate_scores[part] = candidate_set_scores(scores, sets.candidate_rows[part])
         pool_ranks[part] = true_item_ranks(scores, sets.query_rows[part], pool_rng)
     candidate_ranks = true_item_ranks(

@@ -34,6 +34,7 @@ from symile_clinical.evaluation.embedding import SplitEmbeddings, embed_masked_l
 from symile_clinical.evaluation.retrieval import rank_queries, top1_correct
 from symile_clinical.formats.dataset_dir import DatasetDir
 from symile_clinical.formats.run_dir import RunDir
+from symile_clinical.objective.scores import ObjectiveScore, objective_score
 
 if TYPE_CHECKING:
     from symile_clinical.formats.run_config import TrainConfig
@@ -65,31 +66,40 @@ class SplitMeasures:
 
 def split_embeddings(
     run: RunDir, dataset: DatasetDir, split: str, checkpoint: str = "best"
-) -> tuple[SplitEmbeddings, np.ndarray, str]:
-    """(embeddings of every row of `split`, the ECG-only labs embedding [d], objective)."""
+) -> tuple[SplitEmbeddings, np.ndarray, ObjectiveScore]:
+    """(embeddings of every row of `split`, the ECG-only labs embedding [d], the run's score:
+    objective_score, with its gate for Gated Symile)."""
     loaded = run.load(checkpoint)
     embeddings = embed_split(loaded.model, dataset.split(split), "cpu", 128)
     masked = embed_masked_labs(loaded.model, dataset.fill_values)
-    return embeddings, masked, loaded.objective
+    return embeddings, masked, objective_score(loaded.objective, loaded.model)
 
 
 def measure_embeddings(
     embeddings: SplitEmbeddings,
     masked_labs: np.ndarray,
-    objective: str,
+    objective: str | ObjectiveScore,
     dataset: DatasetDir,
     split: str,
     seed: int = 0,
 ) -> SplitMeasures:
     """Top-1 per query with the full query, ECG-only, and labs shuffled across admissions
-    (a seeded permutation of the split's rows: np.random.default_rng([seed, 3]))."""
+    (a seeded permutation of the split's rows: np.random.default_rng([seed, 3])). The ECG-only
+    query flags its labs missing (Gated Symile's null option; other scores ignore the flag)."""
     sets = dataset.candidates(split)
     n = embeddings.ecg.shape[0]
     shuffled = embeddings.labs[np.random.default_rng([seed, 3]).permutation(n)]
     masked = np.broadcast_to(masked_labs, embeddings.labs.shape)
+    none_missing, all_missing = None, np.ones(n, dtype=bool)
     hits = []
-    for labs in (embeddings.labs, masked, shuffled):
-        ranks = rank_queries(objective, embeddings.ecg, labs, embeddings.cxr, sets, seed)
+    for labs, missing in (
+        (embeddings.labs, none_missing),
+        (masked, all_missing),
+        (shuffled, none_missing),
+    ):
+        ranks = rank_queries(
+            objective, embeddings.ecg, labs, embeddings.cxr, sets, seed, labs_missing=missing
+        )
         hits.append(top1_correct(ranks.candidate_ranks))
     return SplitMeasures(*hits)
 
@@ -263,10 +273,14 @@ def summarise_study(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     per (start, F) the Symile - CLIP difference paired by (cohort seed, training seed); the
     query-level CI half-width of one run's top-1 (binomial, at the observed accuracy)."""
     fractions = sorted({r["joint_fraction"] for r in results})
-    objectives = [o for o in ("symile", "clip") if any(r["objective"] == o for r in results)]
+    seen = list(dict.fromkeys(r["objective"] for r in results))
+    objectives = [o for o in ("symile", "clip") if o in seen] + [
+        o for o in seen if o not in ("symile", "clip")
+    ]
     starts = list(dict.fromkeys(r.get("start", "") for r in results))
     cells: dict[str, Any] = {}
     differences = {}
+    against: dict[str, Any] = {}  # Symile - each other objective, paired
     for start in starts:
         prefix = f"{start}/" if start else ""
         mine = [r for r in results if r.get("start", "") == start]
@@ -303,12 +317,23 @@ def summarise_study(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
             if paired:
                 differences[f"{prefix}{f:g}"] = {"start": start, "joint_fraction": f}
                 differences[f"{prefix}{f:g}"] |= mean_ci(paired)
+            for other in objectives:
+                pairs = [
+                    value - by_key[(c, s, other)]
+                    for (c, s, objective), value in by_key.items()
+                    if objective == "symile" and other != "symile" and (c, s, other) in by_key
+                ]
+                if pairs:
+                    key = f"{prefix}{f:g}/{other}"
+                    against[key] = {"start": start, "joint_fraction": f, "objective": other}
+                    against[key] |= mean_ci(pairs)
     return {
         "fractions": fractions,
         "objectives": objectives,
         "starts": starts,
         "cells": cells,
         "symile_minus_clip": differences,
+        "symile_minus_each": against,
         "n_runs": len(results),
     }
 
@@ -353,7 +378,19 @@ def report_tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[li
         ]
         for f, d in summary["symile_minus_clip"].items()
     ]
-    return [
+    against = [
+        [
+            *([d.get("start", "")] if named else []),
+            f"{d['joint_fraction']:g}",
+            d["objective"],
+            _pct(d, "+"),
+            str(d["n"]),
+            "yes" if not np.isnan(d["ci_low"]) and d["ci_low"] > 0 else "no",
+        ]
+        for d in summary.get("symile_minus_each", {}).values()
+        if d["objective"] != "clip"
+    ]
+    tables = [
         (
             "Test top-1 per joint fraction and objective (mean over runs, 95% t-CI over runs; %)",
             [
@@ -377,3 +414,19 @@ def report_tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[li
             diffs,
         ),
     ]
+    if against:
+        tables.append(
+            (
+                "Symile - each other objective, paired (points, 95% t-CI)",
+                [
+                    *(["encoders"] if named else []),
+                    "F",
+                    "objective",
+                    "Symile - it",
+                    "pairs",
+                    "CI above 0",
+                ],
+                against,
+            )
+        )
+    return tables

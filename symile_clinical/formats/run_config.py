@@ -20,7 +20,16 @@ from models import ModelConfig
 from symile_clinical.errors import SymileClinicalError
 from symile_clinical.formats.atomic import write_json_atomic
 
-OBJECTIVES = ("symile", "clip")
+# Every training objective: its loss is the trainer's, its retrieval score objective/scores.py's.
+OBJECTIVES = ("symile", "clip", "gram", "triangle", "gated-symile")
+# The heads an objective adds to the model (ModelConfig field -> its size when the config
+# leaves it 0): Gated Symile's gate (key width) and GRAM's data-anchor matching head (hidden
+# width). Every other objective's model has neither.
+OBJECTIVE_HEADS: dict[str, dict[str, int]] = {
+    "gated-symile": {"gate_dim": 64},
+    "gram": {"matching_hidden": 256},
+}
+HEAD_FIELDS = ("gate_dim", "matching_hidden")
 NEGATIVES = ("n", "n_squared", "conditional")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -34,6 +43,7 @@ __all__ = [
     "DEVICES",
     "NEGATIVES",
     "OBJECTIVES",
+    "OBJECTIVE_HEADS",
     "PRECISIONS",
     "Augmentation",
     "ConfigError",
@@ -78,6 +88,11 @@ class Augmentation:
         """Whether any augmentation is on."""
         return any(dataclasses.astuple(self))
 
+    @property
+    def noise_enabled(self) -> bool:
+        """Whether a noise kind is on (they draw on the batch's device)."""
+        return any((self.ecg_noise, self.cxr_noise, self.cxr_gain, self.lab_noise))
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -96,6 +111,9 @@ class TrainConfig:
     encoders it holds (models/weights.py); both only start a new run, never a resumed one;
     `precision` "auto" is bf16 autocast on CUDA and fp32 on CPU; `channels_last` None is
     "on CUDA".
+    The model's heads follow `objective` (OBJECTIVE_HEADS): a head the objective needs gets
+    its default size when the model config leaves it 0, a head it does not need is 0, so
+    that replacing the objective of a recipe gives a model that trains it.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -128,6 +146,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        if self.objective in OBJECTIVES and isinstance(self.model, ModelConfig):
+            object.__setattr__(self, "model", _heads_for(self.objective, self.model))
         checks = [
             (self.objective in OBJECTIVES, f"objective must be one of {OBJECTIVES}"),
             (self.negatives in NEGATIVES, f"negatives must be one of {NEGATIVES}"),
@@ -146,6 +166,18 @@ class TrainConfig:
         for ok, reason in checks:
             if not ok:
                 raise ValueError(reason)
+
+
+def _heads_for(objective: str, model: ModelConfig) -> ModelConfig:
+    """`model` with the heads `objective` needs (OBJECTIVE_HEADS) and no other."""
+    needed = OBJECTIVE_HEADS.get(objective, {})
+    sizes = {
+        name: (getattr(model, name) or needed[name]) if name in needed else 0
+        for name in HEAD_FIELDS
+    }
+    if all(getattr(model, name) == size for name, size in sizes.items()):
+        return model
+    return dataclasses.replace(model, **sizes)
 
 
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:

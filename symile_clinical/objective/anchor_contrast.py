@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from symile_clinical.objective.losses import _as_global_value, _gather, _prepare
+from symile_clinical.objective.losses import as_global_value, gather_rows, prepare_embeddings
 
 # (data tuple: M - 1 tensors [n, d], anchors [k, d]) -> [n, k] dissimilarities
 Dissimilarity = Callable[[Sequence[Tensor], Tensor], Tensor]
@@ -52,10 +52,10 @@ def anchor_contrastive_loss(
     label_smoothing: passed to cross_entropy (0 in the papers' equations; their released
     training configurations use 0.1).
     """
-    embs, scale = _prepare(embeddings, logit_scale)
+    embs, scale = prepare_embeddings(embeddings, logit_scale)
     a = anchor_index(anchor, len(embs))
     with torch.autocast(device_type=embs[0].device.type, enabled=False):
-        offset, everyone = _gather(embs)
+        offset, everyone = gather_rows(embs)
         data = [e for m, e in enumerate(embs) if m != a]
         data_all = [e for m, e in enumerate(everyone) if m != a]
         data_to_anchor = -scale * dissimilarity(data, everyone[a])  # [B_local, B_global]
@@ -65,4 +65,4 @@ def anchor_contrastive_loss(
             F.cross_entropy(data_to_anchor, labels, label_smoothing=label_smoothing)
             + F.cross_entropy(anchor_to_data, labels, label_smoothing=label_smoothing)
         ) / 2
-    return _as_global_value(loss)
+    return as_global_value(loss)

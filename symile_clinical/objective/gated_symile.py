@@ -43,8 +43,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from symile_clinical.objective.gather import gather_with_grad, world_info
-from symile_clinical.objective.losses import _as_global_value, _gather, _prepare
-from symile_clinical.objective.similarity import _check
+from symile_clinical.objective.losses import as_global_value, gather_rows, prepare_embeddings
+from symile_clinical.objective.similarity import check_score_inputs
 
 NORM_EPS = 1e-6
 
@@ -132,7 +132,7 @@ def gated_symile_scores(
     """Gated Symile retrieval scores [Q, N] of candidates [N, d] (the last modality) for the
     query tuples (M - 1 tensors [Q, d]); gate = the gate run on [*queries, candidates];
     missing: [Q, M - 1] bool or None. Higher is better."""
-    _check(candidates, queries)
+    check_score_inputs(candidates, queries)
     target = len(queries)
     if len(gate.keys) != target + 1:
         raise ValueError(f"the gate has {len(gate.keys)} modalities, expected {target + 1}")
@@ -165,7 +165,7 @@ def gated_symile_loss(
     e.g. `missing_from_labs_observed`) or None. Works under DDP as `losses.symile_loss`: each
     rank's rows are queries against every rank's candidates.
     """
-    embs, scale = _prepare(embeddings, logit_scale)
+    embs, scale = prepare_embeddings(embeddings, logit_scale)
     count, batch, dtype = len(embs), embs[0].shape[0], embs[0].dtype
     if len(gate.keys) != count or any(k is None for k in gate.keys):
         raise ValueError(f"the gate must be run on all {count} modalities of the batch")
@@ -175,7 +175,7 @@ def gated_symile_loss(
         raise ValueError(f"missing must be [{batch}, {count}], got {tuple(missing.shape)}")
     _, world = world_info()
     with torch.autocast(device_type=embs[0].device.type, enabled=False):
-        offset, everyone = _gather(embs)
+        offset, everyone = gather_rows(embs)
         asks = [gather_with_grad(q.to(dtype)) for q in gate.queries]
         nulls = [gather_with_grad(n.to(dtype)) for n in gate.null_logits]
         keys = [k.to(dtype) for k in gate.keys]
@@ -201,12 +201,12 @@ def gated_symile_loss(
                 continue
             terms = F.cross_entropy(logits, labels, reduction="none")
             # Mean over the global batch's rows with the target present; times world because
-            # DDP averages the ranks' gradients (see losses._as_global_value).
+            # DDP averages the ranks' gradients (see losses.as_global_value).
             per_target.append(world * (terms * present).sum() / present_everywhere)
         if not per_target:
             raise ValueError("every row of the global batch is flagged missing in every modality")
         loss = torch.stack(per_target).mean()
-    return _as_global_value(loss)
+    return as_global_value(loss)
 
 
 def _summed(count: Tensor) -> int:

@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from symile_clinical.objective.anchor_contrast import anchor_contrastive_loss, anchor_index
-from symile_clinical.objective.losses import _as_global_value, _gather, _prepare
-from symile_clinical.objective.similarity import _check
+from symile_clinical.objective.losses import as_global_value, gather_rows, prepare_embeddings
+from symile_clinical.objective.similarity import check_score_inputs
 
 VOLUME_EPS = 1e-12
 
@@ -64,7 +64,7 @@ def gram_volume(data: Sequence[Tensor], anchors: Tensor) -> Tensor:
 def gram_scores(candidates: Tensor, queries: Sequence[Tensor]) -> Tensor:
     """GRAM retrieval scores [Q, N]: entry (b, k) = -Vol(queries[0][b], ..., candidates[k]);
     candidates [N, d], queries one [Q, d] tensor per query modality. Higher is better."""
-    _check(candidates, queries)
+    check_score_inputs(candidates, queries)
     return -gram_volume(queries, candidates)
 
 
@@ -99,10 +99,10 @@ def data_anchor_matching_loss(
     draws the noise for the whole global batch and uses its rows, so the draws equal one
     process's). Sampling carries no gradient; the head and the embeddings it sees do.
     """
-    embs, scale = _prepare(embeddings, logit_scale)
+    embs, scale = prepare_embeddings(embeddings, logit_scale)
     a = anchor_index(anchor, len(embs))
     with torch.autocast(device_type=embs[0].device.type, enabled=False):
-        offset, everyone = _gather(embs)
+        offset, everyone = gather_rows(embs)
         data = [e for m, e in enumerate(embs) if m != a]
         data_all = [e for m, e in enumerate(everyone) if m != a]
         with torch.no_grad():
@@ -124,7 +124,7 @@ def data_anchor_matching_loss(
         batch = embs[0].shape[0]
         labels = torch.cat([logits.new_ones(batch), logits.new_zeros(2 * batch)])
         loss = F.binary_cross_entropy_with_logits(logits, labels)
-    return _as_global_value(loss)
+    return as_global_value(loss)
 
 
 def sample_hard_negatives(logits: Tensor, offset: int, generator: torch.Generator) -> Tensor:

@@ -57,7 +57,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from symile_clinical.objective.gather import check_same_rows, gather_with_grad, world_info
+from symile_clinical.objective.gather import (
+    check_same_rows,
+    gather_with_grad,
+    in_process_group,
+    world_info,
+)
 
 Negatives = Literal["n", "n_squared", "conditional"]
 
@@ -87,11 +92,11 @@ def symile_loss(
     generator: a seeded torch.Generator; needed only for "n" with M >= 3, where permutations
     are drawn from it (under torch.distributed, seed it identically on every rank).
     """
-    embs, scale = _prepare(embeddings, logit_scale)
+    embs, scale = prepare_embeddings(embeddings, logit_scale)
     if negatives not in ("n", "n_squared", "conditional"):
         raise ValueError(f"negatives must be 'n', 'n_squared' or 'conditional', got {negatives!r}")
     with torch.autocast(device_type=embs[0].device.type, enabled=False):
-        offset, everyone = _gather(embs)
+        offset, everyone = gather_rows(embs)
         if len(embs) == 2:
             loss = _clip_pair(embs, everyone, scale, offset)
         elif negatives == "n":
@@ -100,25 +105,25 @@ def symile_loss(
             loss = _symile_conditional(embs, everyone, scale, offset)
         else:
             loss = _symile_n_squared(embs, everyone, scale, offset)
-    return _as_global_value(loss)
+    return as_global_value(loss)
 
 
 def clip_loss(embeddings: Sequence[Tensor], logit_scale: Tensor | float) -> Tensor:
     """Pairwise CLIP loss (scalar): symmetric InfoNCE for every pair of the M >= 2 modalities
     ([B, d] each), averaged over the M(M-1)/2 pairs. logit_scale is already exponentiated."""
-    embs, scale = _prepare(embeddings, logit_scale)
+    embs, scale = prepare_embeddings(embeddings, logit_scale)
     with torch.autocast(device_type=embs[0].device.type, enabled=False):
-        offset, everyone = _gather(embs)
+        offset, everyone = gather_rows(embs)
         pairs = list(itertools.combinations(range(len(embs)), 2))
         total = sum(
             _clip_pair([embs[p], embs[q]], [everyone[p], everyone[q]], scale, offset)
             for p, q in pairs
         )
         loss = total / len(pairs)
-    return _as_global_value(loss)
+    return as_global_value(loss)
 
 
-def _prepare(
+def prepare_embeddings(
     embeddings: Sequence[Tensor], logit_scale: Tensor | float
 ) -> tuple[list[Tensor], Tensor]:
     """Validate shapes; promote to float32 (float64 if any input is) on one device."""
@@ -136,24 +141,23 @@ def _prepare(
     return embs, scale.reshape(())
 
 
-def _gather(embs: list[Tensor]) -> tuple[int, list[Tensor]]:
+def gather_rows(embs: list[Tensor]) -> tuple[int, list[Tensor]]:
     """(global index of this rank's first row, every rank's rows of each modality)."""
-    rank, world = world_info()
-    if world == 1:
+    if not in_process_group():
         return 0, embs
+    rank, _ = world_info()
     check_same_rows(embs[0].shape[0], embs[0].device)
     return rank * embs[0].shape[0], [gather_with_grad(e) for e in embs]
 
 
-def _as_global_value(loss: Tensor) -> Tensor:
+def as_global_value(loss: Tensor) -> Tensor:
     """Under torch.distributed, shift the local loss's value to the global mean, keeping its
     gradient local (DDP averages gradients; see distributed.py)."""
-    _, world = world_info()
-    if world == 1:
+    if not in_process_group():
         return loss
     mean = loss.detach().clone()
     dist.all_reduce(mean)
-    return loss + (mean / world - loss.detach())
+    return loss + (mean / world_info().world_size - loss.detach())
 
 
 def _cross_entropy_at(logits: Tensor, offset: int) -> Tensor:
@@ -239,7 +243,7 @@ def _symile_n_squared(
     positive = scale * torch.stack(local).prod(dim=0).sum(dim=1)  # [B_local]
     # One pass over T = MIP(local e_0 rows, all rows of the others) gives every anchor's
     # log-sum-exp; under torch.distributed the ranks' slices of T are combined inside.
-    lses = _NSquaredLogSumExp.apply(scale, world_info().world_size > 1, local[0], *everyone[1:])
+    lses = _NSquaredLogSumExp.apply(scale, in_process_group(), local[0], *everyone[1:])
     mine = slice(offset, offset + local[0].shape[0])
     per_anchor = [lses[0].mean()] + [lse[mine].mean() for lse in lses[1:]]
     return torch.stack(per_anchor).mean() - positive.mean()

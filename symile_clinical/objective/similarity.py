@@ -16,7 +16,8 @@ from torch import Tensor
 ScoreFn = Callable[[Tensor, Sequence[Tensor]], Tensor]
 
 
-def _check(candidates: Tensor, queries: Sequence[Tensor]) -> None:
+def check_score_inputs(candidates: Tensor, queries: Sequence[Tensor]) -> None:
+    """ValueError unless candidates are [K, d] and the queries one or more [B, d] tensors."""
     if candidates.dim() != 2:
         raise ValueError(f"candidates must be [K, d], got shape {tuple(candidates.shape)}")
     if len(queries) == 0:
@@ -62,7 +63,7 @@ def mip_scores(candidates: Tensor, queries: Sequence[Tensor]) -> Tensor:
     candidates: [K, d]; queries: one [B, d] tensor per query modality (same dtype and device).
     Equal to `symile.MIPSimilarity()(candidates, queries)`.
     """
-    _check(candidates, queries)
+    check_score_inputs(candidates, queries)
     return symile_query_vector(queries) @ candidates.T
 
 
@@ -71,13 +72,14 @@ def clip_scores(candidates: Tensor, queries: Sequence[Tensor]) -> Tensor:
 
     candidates: [K, d]; queries: one [B, d] tensor per query modality.
     """
-    _check(candidates, queries)
+    check_score_inputs(candidates, queries)
     return clip_query_vector(queries) @ candidates.T
 
 
 def score_fn(objective: Literal["symile", "clip"]) -> ScoreFn:
-    """The scoring function that matches a training objective: "symile" -> mip_scores, "clip" ->
-    clip_scores."""
+    """The inner-product scoring function of "symile" (mip_scores) or "clip" (clip_scores);
+    every objective's score, GRAM's, TRIANGLE's and Gated Symile's too, is
+    objective.scores.objective_score's."""
     if objective == "symile":
         return mip_scores
     if objective == "clip":

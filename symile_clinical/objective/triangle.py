@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from symile_clinical.objective.anchor_contrast import anchor_contrastive_loss
-from symile_clinical.objective.similarity import _check
+from symile_clinical.objective.similarity import check_score_inputs
 
 AREA_EPS = 1e-12
 
@@ -54,7 +54,7 @@ def triangle_area(data: Sequence[Tensor], anchors: Tensor) -> Tensor:
 def triangle_scores(candidates: Tensor, queries: Sequence[Tensor]) -> Tensor:
     """TRIANGLE retrieval scores [Q, N]: entry (b, k) = -Area(queries[0][b], queries[1][b],
     candidates[k]); candidates [N, d], queries two [Q, d] tensors. Higher is better."""
-    _check(candidates, queries)
+    check_score_inputs(candidates, queries)
     return -triangle_area(queries, candidates)
 
 

@@ -10,6 +10,14 @@ searching by inner product itself) serves pools of millions, tuned and reported 
 recall against exact search. `CandidateIndex.rank` is one query over a pool as the app shows
 it: the top k with their softmax probabilities over the pool and the true candidate's rank.
 
+GRAM (-volume), TRIANGLE (-area) and Gated Symile (the gate asks each candidate) score a
+candidate by a function that is not an inner product <q, c> (objective/scores.py): their
+queries are the query embeddings themselves ([ecg, labs]), and exact search scores every
+candidate with the objective's own function. Asking an inner-product index (a query vector,
+faiss) for such an objective raises NotInnerProductError: it is never approximated. Gated
+Symile's score needs the run's gate: an index opened with `ensure_index` or `build_index`
+(from a loaded run) carries it; `load_index` alone cannot score gated-symile queries.
+
 On disk, ``RUN/index/`` holds::
 
     embeddings.npy   float32 [N, d]      candidate CXR embeddings, row i = position i
@@ -27,18 +35,26 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import torch
 
 from symile_clinical.errors import SymileClinicalError
 from symile_clinical.evaluation.embedding import embed_cxr_pool, embed_queries
 from symile_clinical.formats.atomic import atomic_directory
 from symile_clinical.formats.dataset_dir import DatasetDir, SplitArrays
 from symile_clinical.formats.run_dir import LoadedRun, RunDir
+from symile_clinical.objective.scores import (
+    ObjectiveScore,
+    labs_missing_flags,
+    objective_score,
+    score_is_inner_product,
+)
 from symile_clinical.objective.similarity import query_vector
 
 log = logging.getLogger(__name__)
@@ -58,6 +74,8 @@ METADATA_COLUMNS = (
     "cxr_path",
     "cxr_time",
 )
+# Query-candidate pairs scored at once by a score that is not one matrix product.
+PAIRS_PER_BLOCK = 1 << 22
 
 
 class CandidateIndexError(SymileClinicalError):
@@ -66,6 +84,23 @@ class CandidateIndexError(SymileClinicalError):
 
 class StaleIndexError(CandidateIndexError):
     """The index was built from another checkpoint or dataset than the one asked for."""
+
+
+class NotInnerProductError(CandidateIndexError):
+    """An inner-product search (a query vector, a faiss index) asked of an objective whose
+    score is not an inner product: exact search with its own score is the only way."""
+
+
+def require_inner_product(objective: str, where: str | Path) -> None:
+    """Raise NotInnerProductError naming `where` when `objective`'s score is not an inner
+    product (objective/scores.py), so an inner-product index cannot serve it."""
+    if not score_is_inner_product(objective):
+        raise NotInnerProductError(
+            where,
+            f"{objective}'s score of a candidate is not an inner product <q, c>, so an "
+            "inner-product index (faiss, a query vector) cannot serve it without "
+            "approximating; search exactly with the query embeddings instead",
+        )
 
 
 @dataclass(frozen=True)
@@ -148,18 +183,33 @@ def exact_search(
             positions[b], scores[b] = top_k_sorted(pool_scores_b, pool, k)
         return SearchResult(positions, scores)
 
+    def block_scores(block: np.ndarray) -> np.ndarray:
+        return queries @ block.T  # [B, chunk]
+
+    return _top_k_over_blocks(embeddings, n_queries, block_scores, k, chunk)
+
+
+def _top_k_over_blocks(
+    embeddings: np.ndarray,
+    n_queries: int,
+    block_scores: Callable[[np.ndarray], np.ndarray],
+    k: int,
+    chunk: int,
+) -> SearchResult:
+    """Top-k of every query over embeddings [N, d], a chunk of candidates at a time:
+    block_scores(block [c, d]) -> [B, c] scores. Ties go to the lower position."""
     n = len(embeddings)
     k = min(k, n)
     best_pos = np.zeros((n_queries, 0), np.int64)
     best_scores = np.zeros((n_queries, 0), np.float32)
     for start in range(0, n, chunk):
         block = np.asarray(embeddings[start : start + chunk], dtype=np.float32)
-        block_scores = queries @ block.T  # [B, chunk]
+        scores = block_scores(block)
         block_pos = np.arange(start, start + len(block), dtype=np.int64)
         merged_pos = np.empty((n_queries, min(k, best_pos.shape[1] + len(block))), np.int64)
         merged_scores = np.empty(merged_pos.shape, np.float32)
         for b in range(n_queries):
-            cand_scores = np.concatenate([best_scores[b], block_scores[b]])
+            cand_scores = np.concatenate([best_scores[b], scores[b]])
             cand_pos = np.concatenate([best_pos[b], block_pos])
             merged_pos[b], merged_scores[b] = top_k_sorted(cand_scores, cand_pos, k)
         best_pos, best_scores = merged_pos, merged_scores
@@ -335,6 +385,9 @@ class CandidateIndex:
     thumbnails: np.ndarray  # uint8 [N, T, T]
     info: dict[str, Any]
     path: Path | None = None
+    # The run's score (objective/scores.py); None: the one info["objective"] names, which
+    # Gated Symile cannot use without its gate (ensure_index and build_index set it).
+    score: ObjectiveScore | None = None
     _rows_sorted: np.ndarray | None = field(default=None, init=False, repr=False)
     _row_order: np.ndarray | None = field(default=None, init=False, repr=False)
 
@@ -343,8 +396,56 @@ class CandidateIndex:
 
     @property
     def objective(self) -> str:
-        """'symile' or 'clip': how queries are formed."""
+        """The run's objective (formats/run_config.OBJECTIVES): how queries are scored."""
         return str(self.info["objective"])
+
+    @property
+    def is_inner_product(self) -> bool:
+        """Whether the objective's score is <query vector, candidate> (faiss can serve it);
+        an index that names no objective holds inner-product vectors."""
+        objective = self.info.get("objective")
+        return objective is None or score_is_inner_product(str(objective))
+
+    def objective_score(self) -> ObjectiveScore:
+        """The score candidates are ranked by; CandidateIndexError for Gated Symile's index
+        opened without its run's gate."""
+        if self.score is not None:
+            return self.score
+        try:
+            return objective_score(self.objective)
+        except ValueError as error:
+            raise CandidateIndexError(
+                self.path or "index",
+                f"{error}; open the index with ensure_index(loaded run) or build_index",
+            ) from error
+
+    def score_queries(
+        self,
+        candidates: np.ndarray,
+        queries: Sequence[np.ndarray],
+        labs_missing: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Scores float32 [B, P] of candidate embeddings [P, d] for queries given as their
+        embeddings ([ecg [B, d], labs [B, d]]) under the objective's own score;
+        labs_missing: bool [B] (Gated Symile's NULL option) or None."""
+        score = self.objective_score()
+        tensors = [
+            torch.from_numpy(np.asarray(q, np.float32).reshape(-1, q.shape[-1])) for q in queries
+        ]
+        flags = None
+        if labs_missing is not None:
+            flags = labs_missing_flags(torch.from_numpy(np.asarray(labs_missing, dtype=bool)))
+        pool = torch.from_numpy(np.ascontiguousarray(candidates, dtype=np.float32))
+        return score(pool, tensors, flags).numpy().astype(np.float32, copy=False)
+
+    def _as_query_vectors(self, queries: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+        """Query vectors [B, d] (or [d]) for an inner-product objective: given, or made from
+        the query embeddings by similarity.query_vector."""
+        if not self.is_inner_product:
+            require_inner_product(self.objective, self.path or "index")
+        if isinstance(queries, np.ndarray):
+            return queries
+        return query_vector(self.objective, [np.asarray(q, np.float32) for q in queries])
 
     @property
     def ids(self) -> np.ndarray:
@@ -366,34 +467,92 @@ class CandidateIndex:
 
     def search(
         self,
-        query_embeddings: np.ndarray,
+        query_embeddings: np.ndarray | Sequence[np.ndarray],
         k: int,
         within: np.ndarray | None = None,
         searcher: FaissSearcher | None = None,
+        labs_missing: np.ndarray | None = None,
     ) -> SearchResult:
-        """Top-k positions and scores for query vectors [B, d] (similarity.query_vector).
+        """Top-k positions and scores: queries as query vectors [B, d]
+        (similarity.query_vector; inner-product objectives only) or as their embeddings
+        ([ecg [B, d], labs [B, d]]; every objective).
 
-        Exact matrix product by default; `searcher` (a FaissSearcher over these embeddings)
-        for large pools; `within` [B, K] restricts each query to a candidate pool.
+        Exact search by default (a matrix product, or the objective's own score);
+        `searcher` (a FaissSearcher over these embeddings) for large pools of an
+        inner-product objective (NotInnerProductError otherwise); `within` [B, K] restricts
+        each query to a candidate pool; labs_missing bool [B] for Gated Symile's NULL option.
         """
-        if searcher is not None and within is None:
-            return searcher.search(query_embeddings, k)
-        return exact_search(self.embeddings, query_embeddings, k, within)
+        if searcher is not None or isinstance(query_embeddings, np.ndarray):
+            vectors = self._as_query_vectors(query_embeddings)
+            if searcher is not None and within is None:
+                return searcher.search(vectors, k)
+            return exact_search(self.embeddings, vectors, k, within)
+        if self.is_inner_product:
+            return exact_search(
+                self.embeddings, self._as_query_vectors(query_embeddings), k, within
+            )
+        return self._scored_search(list(query_embeddings), k, within, labs_missing)
+
+    def _scored_search(
+        self,
+        queries: list[np.ndarray],
+        k: int,
+        within: np.ndarray | None,
+        labs_missing: np.ndarray | None,
+    ) -> SearchResult:
+        """Exact top-k under a score that is not an inner product: every candidate scored."""
+        queries = [np.atleast_2d(np.asarray(q, np.float32)) for q in queries]
+        n_queries = len(queries[0])
+        if within is not None:
+            within = np.asarray(within, dtype=np.int64).reshape(n_queries, -1)
+            k = min(k, within.shape[1])
+            positions = np.empty((n_queries, k), np.int64)
+            scores = np.empty((n_queries, k), np.float32)
+            for b in range(n_queries):
+                flag = None if labs_missing is None else np.asarray(labs_missing)[b : b + 1]
+                pool_b = self.score_queries(
+                    self.embeddings[within[b]], [q[b : b + 1] for q in queries], flag
+                )[0]
+                positions[b], scores[b] = top_k_sorted(pool_b, within[b], k)
+            return SearchResult(positions, scores)
+
+        def block_scores(block: np.ndarray) -> np.ndarray:
+            return self.score_queries(block, queries, labs_missing)
+
+        chunk = max(1, PAIRS_PER_BLOCK // max(n_queries, 1))
+        return _top_k_over_blocks(self.embeddings, n_queries, block_scores, k, chunk)
 
     def rank(
         self,
-        query: np.ndarray,
+        query: np.ndarray | Sequence[np.ndarray],
         k: int,
         logit_scale: float,
         pool: np.ndarray | None = None,
         true_position: int | None = None,
+        labs_missing: bool = False,
     ) -> Ranking:
-        """One query vector [d] (similarity.query_vector) against a pool (index positions;
-        None = the whole index), scored once: its top k, best first (ties go to the lower
-        position), their probabilities (softmax_probabilities of the whole pool's scores, the
-        distribution the contrastive objective trains) and the rank, score and probability
-        of `true_position` when it is in the pool."""
-        positions, scores = pool_scores(self.embeddings, np.asarray(query, np.float32), pool)
+        """One query against a pool (index positions; None = the whole index), scored once:
+        its top k, best first (ties go to the lower position), their probabilities
+        (softmax_probabilities of the whole pool's scores, the distribution the contrastive
+        objective trains) and the rank, score and probability of `true_position` when it is
+        in the pool.
+
+        query: its embeddings [ecg [d], labs [d]] (every objective, scored by the objective's
+        own score), or a query vector [d] (similarity.query_vector; inner-product objectives
+        only). labs_missing: flag the labs missing (Gated Symile's NULL option)."""
+        if isinstance(query, np.ndarray) or self.is_inner_product:
+            vector = np.asarray(self._as_query_vectors(query), np.float32)
+            positions, scores = pool_scores(self.embeddings, vector, pool)
+        else:
+            positions = (
+                np.arange(len(self.embeddings), dtype=np.int64)
+                if pool is None
+                else np.asarray(pool, dtype=np.int64)
+            )
+            candidates = self.embeddings if pool is None else self.embeddings[positions]
+            rows = [np.asarray(q, np.float32)[None] for q in query]
+            flags = np.array([labs_missing]) if labs_missing else None
+            scores = self.score_queries(candidates, rows, flags)[0]
         top = top_k_order(scores, positions, k)
         probabilities = softmax_probabilities(scores, logit_scale)
         ranking = Ranking(
@@ -465,6 +624,11 @@ def load_index(
     if embeddings.shape != (n, info["dim"]) or len(thumbnails) != n or len(metadata) != n:
         raise CandidateIndexError(folder, "index files disagree with index.json about N")
     return CandidateIndex(embeddings, metadata.reset_index(drop=True), thumbnails, info, folder)
+
+
+def with_run_score(index: CandidateIndex, run: LoadedRun) -> CandidateIndex:
+    """The index scoring with the run's own score (Gated Symile's carries the run's gate)."""
+    return replace(index, score=objective_score(run.objective, run.model))
 
 
 def _save_npy(folder: Path, name: str, array: np.ndarray) -> None:
@@ -542,13 +706,15 @@ def build_index(
         "split": config.split,
     }
     write_index(run.run, embeddings, metadata, thumbnails, info)
-    return load_index(run.run, run.checkpoint_sha256)
+    return with_run_score(load_index(run.run, run.checkpoint_sha256), run)
 
 
 def split_query_vectors(
     run: LoadedRun, dataset: DatasetDir, split: str, limit: int = 256, batch_size: int = 64
 ) -> np.ndarray:
-    """Query vectors (similarity.query_vector) of the first `limit` admissions of a split."""
+    """Query vectors (similarity.query_vector) of the first `limit` admissions of a split;
+    NotInnerProductError for an objective whose score has none."""
+    require_inner_product(run.objective, run.run_dir)
     arrays = dataset.split(split)
     rows = np.arange(min(limit, len(arrays)))
     ecg, labs = embed_queries(run.model, arrays, rows, batch_size)
@@ -570,6 +736,6 @@ def ensure_index(
             log.info("building the index: %s", error.reason)
         else:
             if index.info.get("split") == config.split:
-                return index, False
+                return with_run_score(index, run), False
             log.info("rebuilding: the index holds split %s", index.info.get("split"))
     return build_index(run, dataset, config, progress), True

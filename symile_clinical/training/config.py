@@ -3,8 +3,9 @@ The schema they fill (TrainConfig, Augmentation, config.json) is
 symile_clinical/formats/run_config.py's.
 
 Presets: `demo` (Symile's recipe for a CPU), `demo-clip` (CLIP's), both chosen on validation
-by benchmarks/recipe_search.py; `paper` (the reference's Symile-MIMIC regime, for a GPU);
-`search-base` (where the recipe search starts).
+by benchmarks/recipe_search.py; `demo-gram`, `demo-triangle`, `demo-gated-symile` (the same
+size, started from `demo`, not yet chosen on validation); `paper` (the reference's
+Symile-MIMIC regime, for a GPU); `search-base` (where the recipe search starts).
 
 A config file is TOML with TrainConfig's fields at the top level, ModelConfig's in a
 [model] table and Augmentation's in an [augmentation] table (older recipes' flat
@@ -27,7 +28,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from models import ModelConfig
+from models import LOGIT_SCALE_INIT, ModelConfig
 from symile_clinical.formats.run_config import (
     Augmentation,
     ConfigError,
@@ -47,6 +48,9 @@ __all__ = [
     "PRESETS",
     "demo_clip_config",
     "demo_config",
+    "demo_gated_symile_config",
+    "demo_gram_config",
+    "demo_triangle_config",
     "fit_model_to_data",
     "load_config",
     "paper_config",
@@ -130,6 +134,40 @@ def demo_clip_config() -> TrainConfig:
     return dataclasses.replace(_demo_sized("demo-clip", "clip"), augmentation=_AUGMENTATION)
 
 
+def _demo_on_unit_vectors(preset: str, objective: str, logit_scale_init: float) -> TrainConfig:
+    """`demo`'s encoders, epochs and augmentation with L2-normalised embeddings. GRAM,
+    TRIANGLE and Gated Symile normalise every vector inside their scores, so demo's LayerNorm
+    offset (a shared component that starts every vector nearly parallel) would start every
+    volume, area and gated MIP alike; unit vectors start them apart, as for CLIP."""
+    base = demo_config()
+    model = dataclasses.replace(
+        base.model, projection="l2", projection_offset=0.0, logit_scale_init=logit_scale_init
+    )
+    return dataclasses.replace(base, model=model, preset=preset, objective=objective)
+
+
+def demo_gram_config() -> TrainConfig:
+    """GRAM's demo recipe, started from `demo` and NOT yet chosen on validation: demo's
+    encoders, epochs and augmentation, unit vectors, CLIP's initial scale (volumes lie in
+    [0, 1], like cosines) and the data-anchor matching head of 256 hidden units."""
+    return _demo_on_unit_vectors("demo-gram", "gram", LOGIT_SCALE_INIT)
+
+
+def demo_triangle_config() -> TrainConfig:
+    """TRIANGLE's demo recipe, started from `demo` and NOT yet chosen on validation: demo's
+    encoders, epochs and augmentation, unit vectors and CLIP's initial scale (areas lie in
+    [0, 3 sqrt(3) / 4], of the order of cosines)."""
+    return _demo_on_unit_vectors("demo-triangle", "triangle", LOGIT_SCALE_INIT)
+
+
+def demo_gated_symile_config() -> TrainConfig:
+    """Gated Symile's demo recipe, started from `demo` and NOT yet chosen on validation:
+    demo's encoders, epochs and augmentation, unit vectors, initial scale 1 (the paper's
+    d^((M-1)/2) variance scaling already puts the gated MIP of unrelated rows at unit
+    spread) and a gate of key width 64."""
+    return _demo_on_unit_vectors("demo-gated-symile", "gated-symile", 0.0)
+
+
 def paper_config() -> TrainConfig:
     """The paper's Symile-MIMIC regime for a GPU: ResNet-18-like ECG, ResNet-50 CXR at 320 px,
     d = 8192 with LayerNorm, AdamW (weight decay 0.01), batch 280, 80 epochs, "n_squared"
@@ -170,6 +208,9 @@ def paper_config() -> TrainConfig:
 PRESETS = {
     "demo": demo_config,
     "demo-clip": demo_clip_config,
+    "demo-gram": demo_gram_config,
+    "demo-triangle": demo_triangle_config,
+    "demo-gated-symile": demo_gated_symile_config,
     "paper": paper_config,
     "search-base": search_base_config,
 }

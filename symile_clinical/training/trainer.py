@@ -1,9 +1,12 @@
-"""The trainer: Symile or pairwise CLIP over a dataset directory, on CPU, one GPU or many.
+"""The trainer: Symile, pairwise CLIP, GRAM, TRIANGLE or Gated Symile over a dataset
+directory, on CPU, one GPU or many.
 
 One optimiser step: a global batch of `batch_size` admissions (split evenly over the ranks
 under torchrun), forward under autocast (bf16 on CUDA), the loss (which gathers the other
 ranks' embeddings itself, so negatives are global), backward, gradient clipping, AdamW,
-the warm-up + cosine schedule, and the logit scale clamped at ln 100.
+the warm-up + cosine schedule, and the logit scale clamped at ln 100. `compute_loss` picks
+the objective's loss; the heads some objectives add (Gated Symile's gate, GRAM's matching
+head) are submodules of the model, so that DDP averages their gradients like the encoders'.
 
 `Trainer` holds one run's moving parts (model, optimiser, schedule, scaler, generators,
 progress), built from a config, a `DatasetDir`, a `RunDir` and the `World`; its
@@ -15,8 +18,8 @@ Every source of randomness is explicit and checkpointed, so a run killed and res
 with the same weights as one that never stopped (bit for bit on CPU):
 - the data order is a permutation drawn per epoch from np.random.default_rng([seed, epoch]);
   resuming skips the batches the checkpoint had already used;
-- lab dropout, augmentation and the "n" negatives' shuffles draw from their own
-  torch.Generators;
+- lab dropout, augmentation, the "n" negatives' shuffles and GRAM's hard negatives draw
+  from their own torch.Generators;
 - dropout layers draw from torch's global generator (nn.Dropout takes no generator), which
   is seeded once here and saved with the checkpoint.
 """
@@ -57,7 +60,11 @@ from symile_clinical.formats.checkpoint import (
 from symile_clinical.formats.dataset_dir import CandidateSets, DatasetDir
 from symile_clinical.formats.run_config import ConfigError, TrainConfig, config_to_dict
 from symile_clinical.formats.run_dir import RunDir
+from symile_clinical.objective.gated_symile import gated_symile_loss, missing_from_labs_observed
+from symile_clinical.objective.gram import data_anchor_matching_loss, gram_loss
 from symile_clinical.objective.losses import clip_loss, symile_loss
+from symile_clinical.objective.scores import ObjectiveScore, objective_score
+from symile_clinical.objective.triangle import triangle_loss
 from symile_clinical.training.augment import augment, drop_labs
 from symile_clinical.training.config import fit_model_to_data
 from symile_clinical.training.distributed import World, joined_world
@@ -160,8 +167,11 @@ class GlobalBatchSampler(Sampler[list[int]]):
 
 
 class TrainStep(nn.Module):
-    """What DDP wraps: the three embeddings and exp(logit_scale) in one forward, so that every
-    parameter, the logit scale included, is used inside the wrapped call."""
+    """What DDP wraps: the three embeddings, exp(logit_scale) and, for Gated Symile, the gate
+    run on the embeddings, in one forward, so that every parameter, the logit scale and the
+    gate included, is used inside the wrapped call. GRAM's matching head is a submodule too
+    (its gradients are averaged with the rest) but is called by the loss, which needs the
+    global batch's hard negatives."""
 
     def __init__(self, model: ThreeModalityModel) -> None:
         super().__init__()
@@ -169,9 +179,12 @@ class TrainStep(nn.Module):
 
     def forward(
         self, ecg: torch.Tensor, labs: torch.Tensor, observed: torch.Tensor, cxr: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Any]:
+        """(ecg_emb, labs_emb, cxr_emb [B, d], exp(logit_scale), the gate's output or None)."""
         ecg_emb, labs_emb, cxr_emb = self.model(ecg, labs, observed, cxr)
-        return ecg_emb, labs_emb, cxr_emb, self.model.logit_scale.exp()
+        gate = self.model.gate
+        gated = gate([ecg_emb, labs_emb, cxr_emb]) if gate is not None else None
+        return ecg_emb, labs_emb, cxr_emb, self.model.logit_scale.exp(), gated
 
 
 def _uses_cuda(requested: str) -> bool:
@@ -200,20 +213,55 @@ def compute_loss(
     embeddings: list[torch.Tensor],
     scale: torch.Tensor,
     generator: torch.Generator,
+    model: ThreeModalityModel | None = None,
+    gated: Any = None,
+    observed: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The configured objective on [ecg, labs, cxr] embeddings ([B, d] each)."""
-    if config.objective == "clip":
+    """The configured objective on [ecg, labs, cxr] embeddings ([B, d] each).
+
+    GRAM adds its data-anchor matching term with `model.matching_head` (hard negatives from
+    `generator`); Gated Symile takes the gate's output `gated` (TrainStep's) and flags the labs
+    of rows with no observed lab (`observed` [B, L], 1 = observed) missing.
+    """
+    objective = config.objective
+    if objective == "clip":
         return clip_loss(embeddings, scale)
-    return symile_loss(embeddings, scale, negatives=config.negatives, generator=generator)
+    if objective == "symile":
+        return symile_loss(embeddings, scale, negatives=config.negatives, generator=generator)
+    if objective == "triangle":
+        return triangle_loss(embeddings, scale)
+    if objective == "gram":
+        head = model.matching_head if model is not None else None
+        if head is None:
+            raise ValueError("GRAM trains its matching head: build the model for it")
+        return gram_loss(embeddings, scale) + data_anchor_matching_loss(
+            embeddings, scale, head, generator
+        )
+    if objective == "gated-symile":
+        if gated is None or observed is None:
+            raise ValueError("Gated Symile needs the gate's output and the labs' observed mask")
+        return gated_symile_loss(embeddings, scale, gated, missing_from_labs_observed(observed))
+    raise ValueError(f"unknown objective {objective!r}")
 
 
 def retrieval_accuracy(
-    embeddings: SplitEmbeddings, candidates: CandidateSets, objective: str, seed: int = 0
+    embeddings: SplitEmbeddings,
+    candidates: CandidateSets,
+    objective: str | ObjectiveScore,
+    seed: int = 0,
+    labs_missing: np.ndarray | None = None,
 ) -> float:
     """Top-1 accuracy of retrieving each query's CXR among its candidate set, ranked as the
-    evaluation ranks (`retrieval.rank_queries`: ties break at random, seeded)."""
+    evaluation ranks (`retrieval.rank_queries`: the objective's score, ties broken at random,
+    seeded); labs_missing: bool [N] per split row, for a score that takes missing flags."""
     ranks = rank_queries(
-        objective, embeddings.ecg, embeddings.labs, embeddings.cxr, candidates, seed
+        objective,
+        embeddings.ecg,
+        embeddings.labs,
+        embeddings.cxr,
+        candidates,
+        seed,
+        labs_missing=labs_missing,
     )
     return ranks.candidate_top1()
 
@@ -236,10 +284,18 @@ def train_step(
     """
     device = batch["ecg"].device
     with autocast(device, amp_dtype):
-        ecg_emb, labs_emb, cxr_emb, scale = forward(
+        ecg_emb, labs_emb, cxr_emb, scale, gated = forward(
             batch["ecg"], batch["labs"], batch["labs_observed"], batch["cxr"]
         )
-    loss = compute_loss(config, [ecg_emb, labs_emb, cxr_emb], scale, generator)
+    loss = compute_loss(
+        config,
+        [ecg_emb, labs_emb, cxr_emb],
+        scale,
+        generator,
+        model=model,
+        gated=gated,
+        observed=batch["labs_observed"],
+    )
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
@@ -455,6 +511,10 @@ class Trainer:
         self.augmentation = config.augmentation
         if self.augmentation.enabled:  # absent otherwise, so older checkpoints still resume
             self.generators["augment"] = torch.Generator().manual_seed(config.seed + 2)
+        if self.augmentation.noise_enabled:  # drawn where the batch is: no host-to-device copy
+            self.generators["augment_noise"] = torch.Generator(device=device).manual_seed(
+                config.seed + 3
+            )
         self.progress = _Progress()
         self.metrics = _MetricsLog(run, enabled=world.is_main)
         self.window = _LogWindow()
@@ -496,7 +556,7 @@ class Trainer:
         if self.channels_last:
             model.cxr_encoder.to(memory_format=torch.channels_last)
         step_module: nn.Module = TrainStep(model)
-        if self.world.world_size > 1:
+        if self.world.joined:
             step_module = nn.parallel.DistributedDataParallel(
                 step_module, device_ids=[device.index] if device.type == "cuda" else None
             )
@@ -610,6 +670,7 @@ class Trainer:
                 self.generators["augment"],
                 self.world.rank,
                 self.world.world_size,
+                self.generators.get("augment_noise"),
             )
             if self.channels_last:
                 batch["cxr"] = batch["cxr"].contiguous(memory_format=torch.channels_last)
@@ -655,7 +716,11 @@ class Trainer:
             self.amp_dtype,
             self.channels_last,
         )
-        return retrieval_accuracy(embeddings, self.val_candidates, config.objective, config.seed)
+        score = objective_score(config.objective, self.model)
+        labs_missing = np.asarray(self.val_arrays.labs_observed).sum(axis=1) == 0
+        return retrieval_accuracy(
+            embeddings, self.val_candidates, score, config.seed, labs_missing=labs_missing
+        )
 
     def end_epoch(self, completed_epoch: int, val_acc: float | None) -> None:
         """Keep the best, count patience, log, and checkpoint (called on every rank)."""
