@@ -198,6 +198,7 @@ def main() -> None:
                 Path(args.out),
                 epochs=args.epochs,
                 progress=False,
+                label_source="ORACLE labels: the generator's hidden marker bits (synth_truth)",
             )
         else:
             weights, accuracy = pretrain_ssl(cohort, config, args.seed, args.epochs)

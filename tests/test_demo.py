@@ -32,10 +32,8 @@ def test_demo_runs_every_step_then_skips_what_is_current(tmp_path: Path) -> None
     assert first.ran == (
         "synth",
         "preprocess",
-        "pretrain-synth",
-        "pretrain-preprocess",
         "labels",
-        "pretrain",
+        "pretrain-own",
         "train-symile",
         "train-clip",
         "evaluate",
@@ -51,15 +49,19 @@ def test_demo_runs_every_step_then_skips_what_is_current(tmp_path: Path) -> None
         ("CLIP", RunDir(first.symile_run / "../clip"))
     ]
 
-    weights = (config.out / "pretrain" / "encoders.pt").resolve()
+    # The encoders learnt from labels derived from the demo cohort's own label sources, on its
+    # train split (the default, chosen on validation); the report says so.
+    weights = (config.out / "encoders-own.pt").resolve()
     for run in (first.symile_run, first.clip_run):  # both objectives start from the encoders
         assert RunDir(run).read_config().encoder_weights == str(weights)
+    report = (first.symile_run / "report" / "report.md").read_text()
+    assert report.count("encoders pretrained on labels derived from the cohort's") == 2
 
     assert run_demo(config).ran == ()
     assert run_demo(replace(config, n_bootstrap=30)).ran == ("evaluate",)
     # Other pretraining: the encoders, then everything trained from them, again.
     assert run_demo(replace(config, n_bootstrap=30, pretrain_epochs=2)).ran == (
-        "pretrain",
+        "pretrain-own",
         "train-symile",
         "train-clip",
         "evaluate",
@@ -72,5 +74,5 @@ def test_the_demo_refuses_to_pretrain_on_its_own_cohort(tmp_path: Path) -> None:
     from symile_clinical.errors import UsageError
 
     with pytest.raises(UsageError, match="pretraining cohort's seed"):
-        run_demo(DemoConfig(out=tmp_path / "demo", seed=7, progress=False))
+        run_demo(DemoConfig(out=tmp_path / "demo", seed=7, pretrain_on="separate", progress=False))
     assert not (tmp_path / "demo").exists()

@@ -42,6 +42,7 @@ def quick_study(tmp_path_factory: pytest.TempPathFactory) -> dict:
         jobs=1,
         max_steps=2,
         pretrain=True,
+        pretrain_on="separate",
         progress=False,
     )
     study = run_study(config)
@@ -179,7 +180,9 @@ def test_encoder_weights_are_compared_by_content(quick_study: dict, tmp_path: Pa
 def test_pretraining_refuses_to_pretrain_on_a_measured_cohort(tmp_path: Path) -> None:
     from symile_clinical.errors import UsageError
 
-    config = StudyConfig.quick(tmp_path / "out", cohort_seeds=tuple(range(8)), pretrain=True)
+    config = StudyConfig.quick(
+        tmp_path / "out", cohort_seeds=tuple(range(8)), pretrain=True, pretrain_on="separate"
+    )
     with pytest.raises(UsageError, match="cohort seed 7 is the pretraining cohort's"):
         run_study(config)
     both = StudyConfig.quick(tmp_path / "out", pretrain=True, encoder_weights=tmp_path / "w.pt")

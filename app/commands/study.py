@@ -71,9 +71,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--pretrain-on",
         choices=PRETRAIN_SOURCES,
-        default="separate",
-        help="where pretraining learns: a separate synthetic hospital (default) or each "
-        "measured cohort's own train split; labels derived from MIMIC's label sources",
+        default="own",
+        help="where pretraining learns: each measured cohort's own train split (default, "
+        "chosen on validation) or a separate synthetic hospital; labels derived from MIMIC's "
+        "label sources",
     )
     parser.add_argument(
         "--start",

@@ -44,10 +44,15 @@ STAMP_DIR = ".stamps"
 ENCODERS_FILE = "encoders.pt"
 OWN_ENCODERS_FILE = "encoders-own.pt"
 LABELS_FILE = "labels.csv"
-# Where the encoders learn their labels: "separate" (another synthetic hospital, seed
-# PRETRAIN_SEED) or "own" (the measured cohort's own train split), chosen on validation
-# (benchmarks/pretrain_source.py; docs/study.md).
+# Where the encoders learn their labels: "own" (the measured cohort's own train split) or
+# "separate" (another synthetic hospital, seed PRETRAIN_SEED); "own" was chosen on
+# validation (benchmarks/pretrain_source.py; docs/study.md).
 PRETRAIN_SOURCES = ("separate", "own")
+# What the encoders of the demo and the study learn from, as their reports say.
+DERIVED_LABEL_SOURCE = (
+    "labels derived from the cohort's MIMIC-format label sources (`symile-clinical labels`: "
+    "ECG machine statements, lab reference ranges and flags, CheXpert table, radiology reports)"
+)
 
 # The pretraining cohort of the demo and of `study --pretrain`: another synthetic hospital.
 PRETRAIN_SEED, PRETRAIN_FRACTION = 7, 0.5
@@ -211,7 +216,15 @@ def pretrain_on_labels(
     }
 
     def pretrain_step() -> None:
-        pretrain_encoders(recipe, dataset, labels, weights, epochs=epochs, progress=progress)
+        pretrain_encoders(
+            recipe,
+            dataset,
+            labels,
+            weights,
+            epochs=epochs,
+            progress=progress,
+            label_source=DERIVED_LABEL_SOURCE,
+        )
 
     steps.at(weights.parent).run(name, inputs, weights, pretrain_step)
     return weights

@@ -75,9 +75,10 @@ class DemoConfig:
     # Encoders pretrained on a separate labelled cohort (seed `pretrain_seed`, the demo's
     # joint fraction) before both objectives are trained; False: from random weights.
     pretrain: bool = True
-    # Where the encoders learn (cohort.PRETRAIN_SOURCES): "separate" hospital or the demo
-    # cohort's "own" train split; labels derived from MIMIC's label sources either way.
-    pretrain_on: str = "separate"
+    # Where the encoders learn (cohort.PRETRAIN_SOURCES): the demo cohort's "own" train split
+    # (chosen on validation: benchmarks/pretrain_source.py, docs/study.md) or a "separate"
+    # hospital; labels derived from MIMIC's label sources either way.
+    pretrain_on: str = "own"
     pretrain_admissions: int = 2000
     pretrain_seed: int = PRETRAIN_SEED
     pretrain_epochs: int = 20

@@ -79,9 +79,10 @@ class StudyConfig:
     # F PRETRAIN_FRACTION)
     pretrain: bool = False
     pretrain_epochs: int = 20
-    # Where pretraining learns (cohort.PRETRAIN_SOURCES): a "separate" hospital or each
-    # measured cohort's "own" train split; labels derived from MIMIC's label sources.
-    pretrain_on: str = "separate"
+    # Where pretraining learns (cohort.PRETRAIN_SOURCES): each measured cohort's "own" train
+    # split (chosen on validation: benchmarks/pretrain_source.py) or a "separate" hospital;
+    # labels derived from MIMIC's label sources either way.
+    pretrain_on: str = "own"
     # Several encoder starts side by side, one curve each: name -> "random", "derived"
     # (pretrained on derived labels as `pretrain_on` says) or a weights file. Empty: the one
     # start that `encoder_weights` / `pretrain` give (random when neither).

@@ -75,6 +75,7 @@ from symile_clinical.evaluation.retrieval import (
     top1_correct,
     top_k_indices,
 )
+from symile_clinical.formats.checkpoint import read_provenance
 from symile_clinical.formats.dataset_dir import CandidateSets, DatasetDir, DatasetError, SplitArrays
 from symile_clinical.formats.run_dir import LoadedRun, RunDir, load_run
 from symile_clinical.objective.scores import objective_score
@@ -386,9 +387,23 @@ def evaluate_run(
         "objective": loaded.objective,
         "checkpoint": str(loaded.checkpoint_path),
         "checkpoint_sha256": loaded.checkpoint_sha256,
+        "encoders": encoders_line(loaded.config.encoder_weights),
     }
     examples = select_examples(ranks, sets, arrays, titles, config) if config.plots else []
     return RunEvaluation({**header, **metrics}, per_query, ranks, examples)
+
+
+def encoders_line(weights: str | None) -> str:
+    """Where a run's encoders started: random weights, or what a pretrained file learnt from."""
+    if not weights:
+        return "encoders from random weights"
+    provenance = read_provenance(weights)
+    if provenance is None:
+        return f"encoders from {Path(weights).name} (what they learnt from is not recorded)"
+    return (
+        f"encoders pretrained on {provenance['label_source']} "
+        f"({provenance['labels']}, {provenance['epochs']} epochs)"
+    )
 
 
 def evaluate(config: EvaluateConfig) -> EvaluationResult:

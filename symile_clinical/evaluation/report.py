@@ -375,10 +375,12 @@ def comparison_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str, str]]:
 
 
 def run_lines(metrics: Mapping[str, Any]) -> list[str]:
-    """One line per run: folder, objective and the checkpoint evaluated."""
+    """One line per run: folder, objective, the checkpoint evaluated, where its encoders
+    started."""
     return [
         f"{r['name']}: {r['run_dir']}, {r['objective']}, checkpoint {r['checkpoint']} "
         f"(sha256 {r['checkpoint_sha256'][:12]})"
+        + (f"; {r['encoders']}" if r.get("encoders") else "")
         for r in metrics["runs"]
     ]
 

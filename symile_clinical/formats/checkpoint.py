@@ -125,3 +125,21 @@ def file_sha256(path: Path | str) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def provenance_path(weights: Path | str) -> Path:
+    """WEIGHTS.json: what a pretrained-encoders file learnt from, beside it."""
+    return Path(weights).with_suffix(".json")
+
+
+def read_provenance(weights: Path | str | None) -> dict[str, Any] | None:
+    """The provenance of an encoders file (None: no file given, or none recorded beside it)."""
+    import json
+
+    if not weights:
+        return None
+    path = provenance_path(weights)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None

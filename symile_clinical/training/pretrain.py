@@ -32,7 +32,8 @@ from tqdm import tqdm
 from models.symile_model import build_model
 from models.weights import ENCODERS
 from symile_clinical.errors import SymileClinicalError
-from symile_clinical.formats.atomic import atomic_path
+from symile_clinical.formats.atomic import atomic_path, write_json_atomic
+from symile_clinical.formats.checkpoint import file_sha256, provenance_path
 from symile_clinical.formats.dataset_dir import DatasetDir, SplitArrays, cxr_to_unit
 from symile_clinical.formats.run_config import TrainConfig
 from symile_clinical.training.config import fit_model_to_data
@@ -137,6 +138,7 @@ def pretrain_encoders(
     epochs: int = 20,
     device: str = "cpu",
     progress: bool = True,
+    label_source: str = "a labels file",
 ) -> dict[str, float]:
     """Train the encoders of `config.model` (fitted to the dataset) on the labels' findings
     (train split; AdamW as `config`, batch `config.batch_size`), write their weights to `out`
@@ -185,6 +187,16 @@ def pretrain_encoders(
     }
     with atomic_path(out) as temporary:
         torch.save(weights, temporary)
+    # Beside the weights, what they learnt from: reports of runs started from them say it.
+    provenance = {
+        "label_source": label_source,
+        "labels": Path(labels_path).name,
+        "labels_sha256": file_sha256(labels_path),
+        "findings": {m: list(n) for m, n in train_labels.names.items()},
+        "epochs": epochs,
+        "val_accuracy": accuracy,
+    }
+    write_json_atomic(provenance_path(out), provenance)
     log.info("pretrained %s into %s; val accuracy %s", ", ".join(heads), out, accuracy)
     return accuracy
 
