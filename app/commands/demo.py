@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from app.commands.serve import access_options, add_serve_options, check_access, serve
+from app.workflows.cohort import PRETRAIN_SOURCES
 from symile_clinical.cli import int_at_least
 
 
@@ -38,8 +39,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--no-pretrain",
         action="store_true",
-        help="train both objectives from random encoders (default: encoders pretrained on a "
-        "separate labelled synthetic cohort)",
+        help="train both objectives from random encoders (default: encoders pretrained on "
+        "labels derived from the cohort's MIMIC-format label sources)",
+    )
+    parser.add_argument(
+        "--pretrain-on",
+        choices=PRETRAIN_SOURCES,
+        default="own",
+        help="where the encoders learn: the demo cohort's own train split (default, chosen on "
+        "validation) or a separate synthetic hospital (seed 7)",
     )
     parser.add_argument("--no-serve", action="store_true", help="stop before serving the app")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -69,6 +77,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
         workers=args.workers,
         n_bootstrap=args.bootstrap,
         pretrain=not args.no_pretrain,
+        pretrain_on=args.pretrain_on,
         progress=not args.no_progress,
     )
     result = run_demo(config)
