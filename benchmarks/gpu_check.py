@@ -286,6 +286,7 @@ class GpuCheck:
                         f"step {a['step']} {key}: one process {a[key]!r}, {ranks} ranks "
                         f"{b[key]!r} (relative {relative:.2e} > {rtol:g})"
                     )
+        weights_difference, bound = _weights_agree(single, multi)
         backend = "nccl" if size.device == "cuda" else "gloo"
         return {
             "ranks": ranks,
@@ -294,6 +295,8 @@ class GpuCheck:
             "steps": len(one),
             "worst_relative_difference": float(f"{worst:.2e}"),
             "tolerance": rtol,
+            "weights_max_abs_difference": float(f"{weights_difference:.2e}"),
+            "weights_bound": float(f"{bound:.2e}"),
         }
 
     def downstream_on_device(self) -> dict[str, Any]:
@@ -364,6 +367,35 @@ class GpuCheck:
             ):
                 raise CheckError(f"B={batch}: loss {losses['ours']} vs {losses['reference']}")
         return results
+
+
+def _weights_agree(single: Path, multi: Path) -> tuple[float, float]:
+    """Every weight of the two runs' last checkpoints, compared entry by entry.
+
+    AdamW moves each weight by about lr * g / |g| per step, whatever |g| is, so the weights
+    after the first steps agree within 2 * lr * steps exactly when every gradient entry had
+    the same sign in both runs, except entries at rounding level: the per-entry check of the
+    gradients that one process and the ranks computed. Returns (largest difference, bound).
+    """
+    import torch
+
+    from symile_clinical.formats.checkpoint import load_checkpoint
+    from symile_clinical.formats.run_dir import RunDir
+
+    one = load_checkpoint(RunDir(single).last_checkpoint)
+    many = load_checkpoint(RunDir(multi).last_checkpoint)
+    config = RunDir(single).read_config()
+    steps = int(one["progress"]["step"])
+    bound = 2.0 * config.lr * steps
+    worst = 0.0
+    for name, tensor in one["model"].items():
+        if not torch.is_floating_point(tensor):
+            continue
+        difference = float((many["model"][name].float() - tensor.float()).abs().max())
+        worst = max(worst, difference)
+        if difference > bound:
+            raise CheckError(f"weight {name} differs by {difference:.2e} > {bound:.2e}")
+    return worst, bound
 
 
 def _timed_backward(loss_fn: Callable[[], Any], device: Any) -> tuple[dict[str, Any], float | None]:

@@ -4,7 +4,8 @@ The public API, by role (docs/architecture.md has the tree):
 
 - objective: `symile_loss`, `clip_loss` (losses over [B, d] embeddings, global negatives
   under torchrun), `mip_scores`, `clip_scores`, `query_vector` (a query's vector q with
-  score = <q, candidate>);
+  score = <q, candidate>), `objective_score` (any objective's retrieval score: GRAM,
+  TRIANGLE and Gated Symile, which are not inner products, included);
 - formats: `DatasetDir`, `RunDir`, `load_run`, `TrainConfig`;
 - training: `load_config` (a preset or TOML recipe), `train`;
 - search: `CandidateIndex`, `ensure_index`, `IndexConfig`;
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from symile_clinical.formats.run_config import TrainConfig
     from symile_clinical.formats.run_dir import RunDir, load_run
     from symile_clinical.objective.losses import clip_loss, symile_loss
+    from symile_clinical.objective.scores import objective_score
     from symile_clinical.objective.similarity import clip_scores, mip_scores, query_vector
     from symile_clinical.search.index import CandidateIndex, IndexConfig, ensure_index
     from symile_clinical.training.config import load_config
@@ -36,6 +38,7 @@ _PUBLIC = {
     "mip_scores": "symile_clinical.objective.similarity",
     "clip_scores": "symile_clinical.objective.similarity",
     "query_vector": "symile_clinical.objective.similarity",
+    "objective_score": "symile_clinical.objective.scores",
     "DatasetDir": "symile_clinical.formats.dataset_dir",
     "RunDir": "symile_clinical.formats.run_dir",
     "load_run": "symile_clinical.formats.run_dir",
@@ -63,6 +66,7 @@ __all__ = [
     "load_config",
     "load_run",
     "mip_scores",
+    "objective_score",
     "query_vector",
     "symile_loss",
     "train",

@@ -395,7 +395,9 @@ def test_rank_candidates_matches_a_full_sort() -> None:
         scores = [float(np.dot(ecg * labs, embeddings[p])) for p in positions]
         order = sorted(range(len(positions)), key=lambda i: (-scores[i], positions[i]))
         weights = np.exp(5.0 * np.array(scores) - max(5.0 * np.array(scores)))
-        ranking = rank_candidates(index, "symile", 5.0, ecg, labs, k=4, pool=pool, true_position=7)
+        ranking = rank_candidates(
+            index, "symile", 5.0, ecg, labs, k=4, pool=pool, true_position=7, observed=np.ones(3)
+        )
         np.testing.assert_array_equal(ranking.positions, positions[order[:4]])
         np.testing.assert_allclose(
             ranking.probabilities, (weights / weights.sum())[order[:4]], rtol=1e-5

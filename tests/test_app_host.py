@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import re
+import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,12 +39,17 @@ def get(port: int, path: str, host: str) -> int:
     return get_response(port, path, host)[0]
 
 
-def get_response(port: int, path: str, host: str) -> tuple[int, dict[str, str], bytes]:
-    """(status, headers with lower-case names, body) of GET path sent with Host `host`."""
+def get_response(
+    port: int, path: str, host: str, extra: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers with lower-case names, body) of GET path sent with Host `host` and
+    the `extra` request headers."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         connection.putrequest("GET", path, skip_host=True)
         connection.putheader("Host", host)
+        for name, value in (extra or {}).items():
+            connection.putheader(name, value)
         connection.endheaders()
         response = connection.getresponse()
         headers = {name.lower(): value for name, value in response.getheaders()}
@@ -179,6 +185,48 @@ def test_every_http_response_carries_the_security_headers(server: tuple[str, int
         assert FOREIGN not in headers["content-security-policy"]
 
 
+PROXY_HEADERS = {
+    "X-Forwarded-For": "203.0.113.7",
+    "Forwarded": "for=203.0.113.7;proto=https",
+    "X-Real-IP": "203.0.113.7",
+}
+
+
+def test_served_without_sign_in_a_proxied_request_is_refused(streamlit_run: tuple) -> None:
+    """A reverse proxy on this machine reaches the local (no sign-in) app from loopback with
+    a localhost Host: its forwarding headers give it away, and it is refused."""
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    _, port, _ = streamlit_run
+    for name, value in PROXY_HEADERS.items():
+        for path in ("/", "/_stcore/health", "/_stcore/host-config"):
+            status, headers, body = get_response(port, path, f"localhost:{port}", {name: value})
+            assert status == 403, (name, path)
+            assert_security_headers(headers, f"proxied {path} ({name})")
+            assert b"proxied deployment needs sign-in" in body, name
+        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        try:
+            with pytest.raises(InvalidStatus) as refused:
+                connect(
+                    f"ws://localhost:{port}/_stcore/stream",
+                    sock=sock,
+                    subprotocols=["streamlit"],
+                    additional_headers={name: value},
+                    open_timeout=30,
+                )
+        finally:
+            sock.close()
+        assert refused.value.response.status_code == 403, name
+    assert get(port, "/", f"localhost:{port}") == 200  # the same request, not proxied
+
+
+def test_a_deployment_open_knowingly_may_be_proxied(app_command: tuple) -> None:
+    _, port, _ = app_command  # --unauthenticated: open to the network on purpose
+    status, _, _ = get_response(port, "/", f"app.example.org:{port}", PROXY_HEADERS)
+    assert status == 200
+
+
 def test_allow_host_adds_a_name(app_command: tuple) -> None:
     _, port, _ = app_command
     assert get(port, "/", f"app.example.org:{port}") == 200
@@ -234,3 +282,6 @@ def test_the_app_command_repeats_every_setting_of_config_toml() -> None:
     # No forced full collection after each page run (the largest cost of a query).
     assert settings["runner"]["postScriptGC"] is False
     assert settings["server"]["maxUploadSize"] == MAX_UPLOAD_MB
+    # No traceback, exception type or server path on a visitor's page (Streamlit's default
+    # is "full").
+    assert settings["client"]["showErrorDetails"] == "none"

@@ -7,6 +7,7 @@ tests/test_browser_auth.py.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from app.web.auth import (
     missing_auth_settings,
     needs_sign_in,
     user_allowed,
+    warn_if_anyone_signs_in,
 )
 from app.web.serve_options import ServeOptions
 
@@ -152,3 +154,17 @@ def test_streamlit_run_refuses_a_network_name_without_sign_in(run: Path, tmp_pat
     output = done.stdout + done.stderr
     assert "refusing to serve" in output and "requires sign-in" in output
     assert "loaded in" not in output  # stopped before the run was loaded
+
+
+def test_sign_in_without_an_allow_list_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="app.web.auth")
+    warn_if_anyone_signs_in(decide_policy("0.0.0.0", ["ward.example"], False, [], AUTH, True))
+    assert "any account the identity provider signs in is admitted" in caplog.text
+    assert "--allow-user" in caplog.text
+    caplog.clear()
+    warn_if_anyone_signs_in(
+        decide_policy("0.0.0.0", ["ward.example"], False, ["@ward.example"], AUTH, True)
+    )
+    warn_if_anyone_signs_in(decide_policy("127.0.0.1", [], False, [], None, served=True))
+    warn_if_anyone_signs_in(decide_policy("0.0.0.0", [], True, [], None, served=True))
+    assert caplog.text == ""

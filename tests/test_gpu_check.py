@@ -43,6 +43,11 @@ def test_cpu_smoke_runs_every_step(tmp_path: Path) -> None:
     for step in STEPS:
         assert f"| {step} | passed |" in report, report
     # What each step measured is in the report: throughput, the DDP agreement, the app query.
-    for measure in ("samples_per_s", "bf16_over_fp32", "worst_relative_difference"):
+    for measure in (
+        "samples_per_s",
+        "bf16_over_fp32",
+        "worst_relative_difference",
+        "weights_max_abs_difference",
+    ):
         assert measure in report
     assert '"backend": "gloo"' in report and "app_candidates_shown" in report

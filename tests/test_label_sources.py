@@ -207,3 +207,26 @@ def test_labels_command_names_a_missing_file_and_column(cohort, tmp_path: Path) 
 
         derive_labels(LabelsConfig(mimic_root=broken, dataset=dataset, out=tmp_path / "x.csv"))
     assert main(args) == EXIT_BAD_INPUT
+
+
+def test_a_dataset_without_its_lab_window_is_read_in_the_assumed_one(
+    cohort, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import json
+    import logging
+
+    from preprocessing.label_sources.derive import LabelsConfig, derive_labels
+
+    root, dataset = cohort
+    info = json.loads((dataset / "dataset.json").read_text())
+    assert info["cohort"]["lab_window_h"] == [-24, 24]  # the window this cohort was built with
+    older = tmp_path / "older"
+    older.mkdir()
+    (older / "manifest.parquet").symlink_to(dataset / "manifest.parquet")
+    del info["cohort"]["lab_window_h"]  # a dataset written before it was recorded
+    (older / "dataset.json").write_text(json.dumps(info))
+    with caplog.at_level(logging.WARNING, logger="preprocessing.label_sources.derive"):
+        labels = derive_labels(LabelsConfig(mimic_root=root, dataset=older, out=tmp_path / "l"))
+    assert str(older) in caplog.text and "assumed window (-24, 24) h" in caplog.text
+    recorded = derive_labels(LabelsConfig(mimic_root=root, dataset=dataset, out=tmp_path / "m"))
+    pd.testing.assert_frame_equal(labels, recorded)

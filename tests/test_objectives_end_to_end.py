@@ -22,7 +22,11 @@ from symile_clinical.formats.run_config import OBJECTIVES, TrainConfig
 from symile_clinical.formats.run_dir import RunDir, load_run
 from symile_clinical.objective.gated_symile import gated_symile_scores
 from symile_clinical.objective.gram import gram_scores
-from symile_clinical.objective.scores import SCORED_OBJECTIVES, objective_score
+from symile_clinical.objective.scores import (
+    SCORED_OBJECTIVES,
+    labs_missing_flags,
+    objective_score,
+)
 from symile_clinical.objective.triangle import triangle_scores
 from symile_clinical.search.index import (
     CandidateIndexError,
@@ -30,6 +34,7 @@ from symile_clinical.search.index import (
     NotInnerProductError,
     ensure_index,
     load_index,
+    softmax_probabilities,
     split_query_vectors,
 )
 from symile_clinical.training.config import load_config
@@ -118,14 +123,26 @@ def test_trains_evaluates_indexes_and_ranks(
     assert rebuilt and index.objective == objective and not index.is_inner_product
     arrays = run.dataset().split("test")
     ecg, labs = embed_queries(loaded.model, arrays, np.arange(3))
-    ranking = rank_candidates(index, objective, 2.0, ecg[0], labs[0], k=3, true_position=0)
-    # The ranking's scores are the objective's own score of each candidate.
+    observed = np.asarray(arrays.labs_observed[0])
+    ranking = rank_candidates(
+        index, objective, 2.0, ecg[0], labs[0], k=3, true_position=0, observed=observed
+    )
+    # The ranking's scores are the objective's own score of each candidate (a query with no
+    # observed lab flagged labs-missing, as evaluation flags it).
+    flags = labs_missing_flags(torch.tensor([observed.sum() == 0]))
     own = objective_score(objective, loaded.model)(
-        torch.from_numpy(index.embeddings), [torch.from_numpy(ecg[:1]), torch.from_numpy(labs[:1])]
+        torch.from_numpy(index.embeddings),
+        [torch.from_numpy(ecg[:1]), torch.from_numpy(labs[:1])],
+        flags,
     )[0].numpy()
     np.testing.assert_allclose(ranking.scores, np.sort(own)[::-1][:3], rtol=1e-5, atol=1e-6)
     assert ranking.true_rank == 1 + int((own > own[0]).sum())
-    assert ranking.probabilities.sum() <= 1.0 + 1e-6
+    # Its probabilities: the softmax of the objective's own scores over the whole pool.
+    expected = softmax_probabilities(own, 2.0)
+    np.testing.assert_allclose(
+        ranking.probabilities, expected[ranking.positions], rtol=1e-5, atol=1e-7
+    )
+    assert ranking.true_probability == pytest.approx(float(expected[0]), rel=1e-5, abs=1e-7)
     # search() with the query embeddings: exact, the same top-k.
     found = index.search([ecg, labs], k=3)
     np.testing.assert_array_equal(found.positions[0], ranking.positions)
@@ -162,6 +179,39 @@ def test_gated_index_without_its_gate_says_so(runs: dict[str, Path]) -> None:
     bare = load_index(loaded.run)  # opened without the run's model
     with pytest.raises(CandidateIndexError, match="gate"):
         bare.rank([bare.embeddings[0], bare.embeddings[1]], 3, 1.0)
+
+
+def test_the_app_takes_gated_symiles_null_option_for_a_query_without_labs(
+    runs: dict[str, Path],
+) -> None:
+    """As evaluation: a query with no observed lab is flagged labs-missing (the NULL option),
+    one with any observed lab is not; ranking and lab effects alike."""
+    loaded = load_run(runs["gated-symile"])
+    index, _ = ensure_index(loaded, IndexConfig(run_dir=loaded.run_dir, split="test"))
+    arrays = loaded.run.dataset().split("test")
+    ecg, labs = embed_queries(loaded.model, arrays, np.arange(1))
+    pool = torch.from_numpy(index.embeddings)
+    rows = [torch.from_numpy(ecg), torch.from_numpy(labs)]
+    score = objective_score("gated-symile", loaded.model)
+    null = score(pool, rows, labs_missing_flags(torch.tensor([True])))[0].numpy()
+    plain = score(pool, rows)[0].numpy()
+    assert not np.allclose(null, plain)  # the flag changes the score
+    n = len(index)
+    for observed, want in (
+        (np.zeros(arrays.labs.shape[1]), null),
+        (np.eye(1, arrays.labs.shape[1])[0], plain),
+    ):
+        ranking = rank_candidates(
+            index, "gated-symile", 2.0, ecg[0], labs[0], k=n, observed=observed
+        )
+        np.testing.assert_allclose(ranking.scores, want[ranking.positions], rtol=1e-5, atol=1e-6)
+    # Lab effects: masking a query's only lab leaves a row with no lab, flagged too.
+    query = Query(arrays.ecg[0], arrays.labs[0], np.eye(1, arrays.labs.shape[1])[0])
+    masked = masked_lab_queries(loaded.model, "gated-symile", query)
+    np.testing.assert_array_equal(masked.labs_missing, [False, True])
+    row = [torch.from_numpy(masked.ecg[1:]), torch.from_numpy(masked.labs[1:])]
+    alone = score(pool[:1], row, labs_missing_flags(torch.tensor([True])))[0, 0]
+    assert masked.candidate_scores(index.embeddings[0])[1] == pytest.approx(float(alone), abs=1e-5)
 
 
 def test_scores_are_the_modules_own(runs: dict[str, Path]) -> None:

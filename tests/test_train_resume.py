@@ -159,6 +159,28 @@ def test_resume_falls_back_to_the_previous_checkpoint(
     assert load_checkpoint(last)["progress"]["step"] == 4
 
 
+def test_resume_from_a_checkpoint_older_than_a_generator_keeps_its_fresh_seed(
+    dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A checkpoint written before the on-device noise generator existed has no state for it.
+    config_file = write_tiny_config(
+        tmp_path / "c.toml", epochs=2, max_steps=4, augmentation={"ecg_noise": 0.02}
+    )
+    config = load_config(config_file)
+    run_dir = tmp_path / "run"
+    train(config, dataset, run_dir, progress=False)
+    last = RunDir(run_dir).last_checkpoint
+    state = load_checkpoint(previous_path(last))  # epoch 0's end, step 3
+    assert state["progress"]["step"] == 3 and "augment_noise" in state["rng"]
+    del state["rng"]["augment_noise"]
+    save_checkpoint(last, state)
+    with caplog.at_level(logging.WARNING, logger="symile_clinical.training.trainer"):
+        result = train(config, dataset, run_dir, resume=True, progress=False)
+    assert "'augment_noise'" in caplog.text and "fresh seed" in caplog.text
+    assert result.steps == 4
+    assert "augment_noise" in load_checkpoint(last)["rng"]  # saved again from now on
+
+
 def test_resume_with_another_config_is_refused(dataset: Path, tmp_path: Path) -> None:
     config = load_config(write_tiny_config(tmp_path / "c.toml", max_steps=1))
     train(config, dataset, tmp_path / "run", progress=False)

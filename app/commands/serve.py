@@ -142,6 +142,8 @@ def streamlit_command(
         "--browser.gatherUsageStats=false",
         "--server.fileWatcherType=none",
         "--client.toolbarMode=viewer",
+        # Errors reach the visitor as a generic message; details go to the log (config.toml).
+        "--client.showErrorDetails=none",
         # MB: the app's one upload limit, enforced by the server and stated by the page.
         f"--server.maxUploadSize={MAX_UPLOAD_MB}",
         # No forced full garbage collection after each script run (config.toml says why).

@@ -246,7 +246,25 @@ def configure_server(options: Any) -> AccessPolicy:
     policy = policy_from_streamlit(options, served=True)
     _server_policy[:] = [policy]
     log.info("access: %s; allowed users: %s", policy.mode, ", ".join(policy.allow_users) or "-")
+    warn_if_anyone_signs_in(policy)
     return policy
+
+
+def warn_if_anyone_signs_in(policy: AccessPolicy) -> None:
+    """Log a warning when sign-in admits any account the identity provider signs in (no
+    --allow-user): with a public provider (Google, Microsoft) that is anyone with an account."""
+    if policy.mode == SIGN_IN and not policy.allow_users:
+        log.warning(
+            "sign-in without --allow-user: any account the identity provider signs in is "
+            "admitted; limit it with --allow-user EMAIL or --allow-user @DOMAIN"
+        )
+
+
+def serves_without_sign_in() -> bool:
+    """Whether this server lets visitors in without sign-in because it is local only (the
+    LOCAL policy, or none decided yet): app.web.host_guard.HostGuard then refuses proxied
+    requests."""
+    return not _server_policy or _server_policy[0].mode == LOCAL
 
 
 def current_policy(options: Any) -> AccessPolicy:

@@ -9,6 +9,12 @@ The names allowed: the localhost names, the address the server binds (`--host`, 
 is a wildcard such as 0.0.0.0, which names no host), and Streamlit's documented
 `server.allowedHosts` option (`symile-clinical app --allow-host NAME` sets it).
 
+Served without sign-in (app.web.auth's "local" policy: loopback only), the same middleware
+also refuses every request carrying a proxy's forwarding header (X-Forwarded-For, Forwarded,
+X-Real-IP): a reverse proxy on this machine would otherwise reach the app from loopback with a
+localhost Host and pass the whole network in without sign-in. A proxied deployment needs
+sign-in (or --unauthenticated, knowingly).
+
 The same middleware puts the security headers (`security_headers`) on every HTTP response,
 the refusals included: a Content-Security-Policy that Streamlit's page works under and that
 no other site may frame it under, X-Frame-Options DENY for browsers without CSP's
@@ -27,6 +33,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+# Headers a reverse proxy adds to say whom it forwards for (lower case, as ASGI gives them).
+FORWARDING_HEADERS = (b"x-forwarded-for", b"forwarded", b"x-real-ip")
+HOST_REFUSED = b"Host not allowed: this app answers only requests addressed to it.\n"
+PROXY_REFUSED = (
+    b"Proxied request refused: this app serves without sign-in only to this machine, and "
+    b"this request came through a reverse proxy (X-Forwarded-For, Forwarded or X-Real-IP). "
+    b"A proxied deployment needs sign-in: configure [auth] in secrets.toml and serve with "
+    b"--allow-host NAME (docs/app.md).\n"
+)
 # Bind addresses that mean "every interface": they name no host a browser would use.
 WILDCARD_ADDRESSES = ("", "0.0.0.0", "::")
 
@@ -73,6 +88,17 @@ def is_allowed(header: str | None, allowed: Iterable[str]) -> bool:
         if pattern.startswith("*.") and name.endswith(pattern[1:]):
             return True
     return False
+
+
+def request_host(scope: Scope) -> str | None:
+    """The Host header of an ASGI request (None when absent)."""
+    return dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1") or None
+
+
+def is_forwarded(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether request headers (ASGI: lower-case byte names) carry a proxy's forwarding
+    header (FORWARDING_HEADERS)."""
+    return any(name.lower() in FORWARDING_HEADERS for name, _ in headers)
 
 
 def streamlit_allowed_hosts() -> tuple[str, ...]:
@@ -164,16 +190,25 @@ def with_security_headers(send: Send, host: str | None) -> Send:
 
 class HostGuard:
     """ASGI middleware: a request whose Host is not allowed gets 403 (HTTP) or is closed
-    before the handshake completes (websocket), and reaches nothing behind it. Every HTTP
-    response carries security_headers.
+    before the handshake completes (websocket), and reaches nothing behind it; so does a
+    proxied request (is_forwarded) while `serves_locally()` says the app lets visitors in
+    without sign-in. Every HTTP response carries security_headers.
 
     allowed: the host names; None reads them from Streamlit's config at the first request
-    (the config is loaded by then, flags included).
+    (the config is loaded by then, flags included). serves_locally: asked at each request
+    (the access policy is decided in the server's start-up); None: never local, no
+    forwarding check.
     """
 
-    def __init__(self, app: ASGIApp, allowed: Iterable[str] | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        allowed: Iterable[str] | None = None,
+        serves_locally: Callable[[], bool] | None = None,
+    ) -> None:
         self.app = app
         self._allowed = tuple(allowed) if allowed is not None else None
+        self.serves_locally = serves_locally
 
     @property
     def allowed(self) -> tuple[str, ...]:
@@ -182,31 +217,37 @@ class HostGuard:
             self._allowed = streamlit_allowed_hosts()
         return self._allowed
 
+    def refusal(self, scope: Scope) -> bytes | None:
+        """Why the request is refused (the 403 body), or None when it may pass."""
+        if not is_allowed(request_host(scope), self.allowed):
+            return HOST_REFUSED
+        headers = scope.get("headers") or []
+        if self.serves_locally is not None and is_forwarded(headers) and self.serves_locally():
+            return PROXY_REFUSED
+        return None
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or [])
-        host = headers.get(b"host", b"").decode("latin-1") or None
-        allowed = is_allowed(host, self.allowed)
+        refused = self.refusal(scope)
         if scope["type"] == "http":
-            send = with_security_headers(send, host if allowed else None)
-        if allowed:
+            send = with_security_headers(send, None if refused else request_host(scope))
+        if refused is None:
             await self.app(scope, receive, send)
             return
         if scope["type"] == "websocket":
             # Closing before accepting makes the server answer the handshake with 403.
             await send({"type": "websocket.close", "code": 1008})
             return
-        body = b"Host not allowed: this app answers only requests addressed to it.\n"
         await send(
             {
                 "type": "http.response.start",
                 "status": 403,
                 "headers": [
                     (b"content-type", b"text/plain; charset=utf-8"),
-                    (b"content-length", str(len(body)).encode()),
+                    (b"content-length", str(len(refused)).encode()),
                 ],
             }
         )
-        await send({"type": "http.response.body", "body": body})
+        await send({"type": "http.response.body", "body": refused})

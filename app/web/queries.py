@@ -22,6 +22,7 @@ from preprocessing.labs import approximate_value
 from symile_clinical.evaluation.embedding import EmbeddingModel, embed_ecg, embed_labs
 from symile_clinical.objective.scores import (
     ObjectiveScore,
+    labs_missing_flags,
     objective_score,
     score_is_inner_product,
 )
@@ -48,19 +49,28 @@ def rank_candidates(
     k: int,
     pool: np.ndarray | None = None,
     true_position: int | None = None,
+    *,
+    observed: np.ndarray,
 ) -> Ranking:
     """Rank a pool (index positions; None = the whole index) for one query; best first.
 
     Ranked by `CandidateIndex.rank`: the query's vector under `objective` when its score is
     an inner product, else the query's embeddings under the index's (the run's) own score.
     Probabilities are the softmax of logit_scale * score over the whole pool. Ties go to the
-    lower position.
+    lower position. observed [L] (1 = observed): a query with no observed lab is flagged
+    labs-missing, as evaluation flags it (Gated Symile's NULL option; other scores ignore it).
     """
     embeddings = [np.asarray(ecg_emb, np.float32), np.asarray(labs_emb, np.float32)]
     if score_is_inner_product(objective):
         query = query_vector(objective, embeddings)
         return index.rank(query, k, logit_scale, pool, true_position)
-    return index.rank(embeddings, k, logit_scale, pool, true_position)
+    labs_missing = labs_all_missing(observed)
+    return index.rank(embeddings, k, logit_scale, pool, true_position, labs_missing=labs_missing)
+
+
+def labs_all_missing(observed: np.ndarray) -> bool:
+    """Whether a query's observed flags [L] (1 = observed) show no lab at all."""
+    return bool(np.asarray(observed).sum() == 0)
 
 
 @dataclass(frozen=True)
@@ -78,6 +88,8 @@ class MaskedLabQueries:
     ecg: np.ndarray | None = None  # float32 [n + 1, d]
     labs: np.ndarray | None = None  # float32 [n + 1, d]
     score: ObjectiveScore | None = None
+    # bool [n + 1]: rows with no lab left observed (Gated Symile's NULL option, as in ranking)
+    labs_missing: np.ndarray | None = None
 
     def candidate_scores(self, candidate_embedding: np.ndarray) -> np.ndarray:
         """float32 [n + 1]: one candidate's score [d] for every row."""
@@ -88,7 +100,10 @@ class MaskedLabQueries:
             raise ValueError("masked lab queries without query vectors need embeddings and score")
         pool = torch.from_numpy(np.ascontiguousarray(candidate[None]))
         rows = [torch.from_numpy(self.ecg), torch.from_numpy(self.labs)]
-        return self.score(pool, rows).numpy()[:, 0]
+        flags = None
+        if self.labs_missing is not None and self.labs_missing.any():
+            flags = labs_missing_flags(torch.from_numpy(np.asarray(self.labs_missing, bool)))
+        return self.score(pool, rows, flags).numpy()[:, 0]
 
 
 def masked_lab_queries(
@@ -122,7 +137,12 @@ def masked_lab_queries(
         vectors = query_vector(objective, [ecg_rows, labs_emb]).astype(np.float32)
         return MaskedLabQueries(observed_idx.astype(np.int64), vectors)
     return MaskedLabQueries(
-        observed_idx.astype(np.int64), None, ecg_rows, labs_emb.astype(np.float32), score
+        observed_idx.astype(np.int64),
+        None,
+        ecg_rows,
+        labs_emb.astype(np.float32),
+        score,
+        labs_missing=observed.sum(axis=1) == 0,
     )
 
 

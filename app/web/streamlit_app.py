@@ -4,7 +4,7 @@
 An st.App around the page script `app/web/main.py`, so that both ways of starting it get:
 - the Host check of `app.web.host_guard.HostGuard` on every HTTP and websocket request (DNS
   rebinding), before Streamlit sees the request, and its security headers on every HTTP
-  response;
+  response; served without sign-in (loopback only), it also refuses proxied requests;
 - the access rule of `app.web.auth`, decided before the server accepts connections: served
   beyond loopback without a complete `[auth]` sign-in configuration (and without
   `--unauthenticated`), the server does not start;
@@ -32,6 +32,7 @@ if str(ROOT) not in sys.path:
 from starlette.middleware import Middleware  # noqa: E402
 from streamlit import App  # noqa: E402
 
+from app.web.auth import serves_without_sign_in  # noqa: E402
 from app.web.host_guard import HostGuard  # noqa: E402
 
 SCRIPT = Path(__file__).resolve().parent / "main.py"
@@ -68,4 +69,8 @@ async def warm_start(_app: Any) -> AsyncIterator[None]:
     yield
 
 
-app = App(SCRIPT, lifespan=warm_start, middleware=[Middleware(HostGuard)])
+app = App(
+    SCRIPT,
+    lifespan=warm_start,
+    middleware=[Middleware(HostGuard, serves_locally=serves_without_sign_in)],
+)

@@ -227,6 +227,7 @@ def rank_with(
         k,
         pool,
         true_position,
+        observed=query.observed,
     )
 
 

@@ -4,18 +4,24 @@ Steps, each skipped when current (app.workflows.cohort's one rule):
 
 1. synthesise the demo cohort           OUT/mimic/       (app.workflows.cohort.ensure_cohort)
 2. preprocess it                        OUT/dataset/
-3. pretrain the encoders on a separate labelled cohort's findings (unless `pretrain` is off):
-   synthesise and preprocess it         OUT/pretrain/mimic/, OUT/pretrain/dataset/
-   pretrain                             OUT/pretrain/encoders.pt (cohort.ensure_pretrained_encoders)
+3. pretrain the encoders on labels derived from MIMIC-format label sources (unless `pretrain`
+   is off), by default the demo cohort's own (`pretrain_on="own"`):
+   derive its labels                    OUT/labels.csv (cohort.derived_labels)
+   pretrain on its train split          OUT/encoders-own.pt (cohort.ensure_own_split_encoders)
+   or, `pretrain_on="separate"`, on another synthetic hospital: synthesise and preprocess it,
+   derive its labels and pretrain       OUT/pretrain/ (cohort.ensure_pretrained_encoders)
 4. train Symile and pairwise CLIP, both from those encoders
                                         OUT/runs/symile/, OUT/runs/clip/ (training.trainer)
 5. evaluate Symile with CLIP compared   OUT/runs/symile/report/ (evaluation.evaluate)
 6. build each run's candidate index     OUT/runs/*/index/ (symile_clinical.search.index)
 7. name CLIP as Symile's comparison     OUT/runs/symile/compare.json
 
-The pretraining cohort is another synthetic hospital (its own seed): its findings play the
-part of the labelled data a pretrained ECG or CXR network was trained on, and the demo
-cohort lends no labels. Why the encoders are pretrained: docs/diagnosis.md, round 3.
+The labels come from the cohort's MIMIC-format label sources (ECG machine statements, lab
+reference ranges and flags, CheXpert table, radiology reports: `symile-clinical labels`),
+never from the generator's answer key, and pretraining reads the train split's only; the
+test split is never read. The own train split was chosen over a separate hospital on
+validation (benchmarks/pretrain_source.py, docs/study.md); `separate` (its own seed) remains
+the alternative. Why the encoders are pretrained: docs/diagnosis.md, round 3.
 
 "Current": the step's stamp (OUT/.stamps/<step>.json, OUT/pretrain/.stamps/ for the
 pretraining cohort and encoders) holds exactly the inputs that determine its output (its
@@ -72,8 +78,8 @@ class DemoConfig:
     epochs: int | None = None  # None: the preset's
     max_steps: int | None = None  # None: the preset's (all epochs)
     n_bootstrap: int = 1000
-    # Encoders pretrained on a separate labelled cohort (seed `pretrain_seed`, the demo's
-    # joint fraction) before both objectives are trained; False: from random weights.
+    # Encoders pretrained on derived labels (where: `pretrain_on`) before both objectives are
+    # trained; False: from random weights.
     pretrain: bool = True
     # Where the encoders learn (cohort.PRETRAIN_SOURCES): the demo cohort's "own" train split
     # (chosen on validation: benchmarks/pretrain_source.py, docs/study.md) or a "separate"
@@ -94,7 +100,8 @@ class DemoConfig:
         )
 
     def pretraining_cohort(self) -> CohortSpec:
-        """The labelled cohort the encoders are pretrained on (OUT/pretrain/)."""
+        """The separate cohort the encoders are pretrained on with pretrain_on="separate"
+        (OUT/pretrain/)."""
         return dataclasses.replace(
             self.cohort(), admissions=self.pretrain_admissions, seed=self.pretrain_seed
         )

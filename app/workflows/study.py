@@ -75,8 +75,9 @@ class StudyConfig:
     jobs: int = 2
     max_steps: int | None = None  # None: the recipes' own length
     encoder_weights: Path | None = None  # pretrained encoders for every run (both objectives)
-    # Make them first from a separate labelled cohort (OUT/pretrain/, seed PRETRAIN_SEED,
-    # F PRETRAIN_FRACTION)
+    # Make them first, pretrained on labels derived from MIMIC-format label sources: each
+    # measured cohort's own train split by default, or a separate cohort (OUT/pretrain/, seed
+    # PRETRAIN_SEED, F PRETRAIN_FRACTION) with pretrain_on="separate"
     pretrain: bool = False
     pretrain_epochs: int = 20
     # Where pretraining learns (cohort.PRETRAIN_SOURCES): each measured cohort's "own" train

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from preprocessing.label_sources._tables import read_source
+from preprocessing.label_sources.source_files import read_source
 
 CHEXPERT_FILE = "mimic-cxr-2.0.0-chexpert.csv.gz"
 NEGBIO_FILE = "mimic-cxr-2.0.0-negbio.csv.gz"

@@ -19,7 +19,7 @@ from preprocessing import layout
 from preprocessing.errors import InvalidTable
 from preprocessing.lab_catalog import LAB_ITEMS
 from preprocessing.label_sources import chexpert, ecg_statements, lab_flags, radiology_reports
-from preprocessing.label_sources._tables import find_source
+from preprocessing.label_sources.source_files import find_source
 from preprocessing.mimic_tables import RootPaths
 from symile_clinical.formats.atomic import atomic_path
 from symile_clinical.formats.dataset_dir import DatasetDir
@@ -27,6 +27,8 @@ from symile_clinical.formats.dataset_dir import DatasetDir
 logger = logging.getLogger(__name__)
 MANIFEST_NEEDED = ("subject_id", "hadm_id", "ecg_study_id", "cxr_study_id", "admittime")
 _SPECIMEN_QUALITY = {item.itemid for item in LAB_ITEMS if item.specimen_quality}
+# Hours around admission, for a dataset that does not record its own (the paper's window).
+DEFAULT_LAB_WINDOW_H = (-24.0, 24.0)
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,15 @@ def _manifest(dataset: Path) -> tuple[pd.DataFrame, tuple[float, float], list[tu
     if missing:
         raise InvalidTable(path, f"has no column {missing[0]!r}")
     info = directory.info
-    window = tuple(info.get("cohort", {}).get("lab_window_h", (-24.0, 24.0)))
+    recorded = info.get("cohort", {}).get("lab_window_h")
+    if recorded is None:
+        logger.warning(
+            "%s records no lab window (dataset.json cohort.lab_window_h): lab flags are read "
+            "in the assumed window (%g, %g) h around admission",
+            directory.path,
+            *DEFAULT_LAB_WINDOW_H,
+        )
+    window = tuple(recorded if recorded is not None else DEFAULT_LAB_WINDOW_H)
     labs = [
         (int(lab["itemid"]), lab_flags.lab_finding_name(str(lab.get("label", lab["itemid"]))))
         for lab in directory.labs_spec

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from preprocessing.errors import InvalidTable
-from preprocessing.label_sources._tables import read_source
+from preprocessing.label_sources.source_files import read_source
 
 MACHINE_MEASUREMENTS_FILE = "machine_measurements.csv"
 N_REPORTS = 18

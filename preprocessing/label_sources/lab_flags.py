@@ -21,7 +21,7 @@ import pandas as pd
 from preprocessing.cohort import earliest_in_window
 from preprocessing.errors import InvalidTable
 from preprocessing.lab_catalog import LAB_ITEMS
-from preprocessing.label_sources._tables import read_source
+from preprocessing.label_sources.source_files import read_source
 
 LAB_SOURCE_COLUMNS = (
     "labevent_id",

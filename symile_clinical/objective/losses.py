@@ -31,12 +31,12 @@ and `symile_loss` equals `clip_loss`.
 
 Distributed: when torch.distributed is initialised, every rank passes its local [B, d] rows
 (the same B on every rank); the losses gather all ranks' rows with gradients
-(`distributed.gather_with_grad`) and each rank scores only its own anchor rows against the
+(`gather.gather_with_grad`) and each rank scores only its own anchor rows against the
 global batch (for "n_squared", each rank computes the slice of T that holds its own rows of the
 first modality, and the ranks combine the other axes' log-sum-exps, so the work is split W ways).
 The returned value is the loss of the whole global batch on every rank, and its gradient, once
 DistributedDataParallel averages over ranks, is that of one process computing the loss on the
-concatenated batch (see `distributed.py`). For "n", permutations are drawn over the global
+concatenated batch (see `objective/gather.py`). For "n", permutations are drawn over the global
 batch, so every rank must pass a generator seeded identically: the draws then equal those of a
 single process on the concatenated batch with the same seed.
 
@@ -152,7 +152,7 @@ def gather_rows(embs: list[Tensor]) -> tuple[int, list[Tensor]]:
 
 def as_global_value(loss: Tensor) -> Tensor:
     """Under torch.distributed, shift the local loss's value to the global mean, keeping its
-    gradient local (DDP averages gradients; see distributed.py)."""
+    gradient local (DDP averages gradients; see objective/gather.py)."""
     if not in_process_group():
         return loss
     mean = loss.detach().clone()

@@ -377,10 +377,20 @@ def _rng_state(generators: dict[str, torch.Generator], device: torch.device) -> 
 def _set_rng_state(
     state: dict[str, Any], generators: dict[str, torch.Generator], device: torch.device
 ) -> None:
+    """Restore the random states a checkpoint saved (_rng_state). A generator the checkpoint
+    has no state for (written before it existed) keeps its fresh seed, with a warning."""
     torch.set_rng_state(state["torch"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
     for name, generator in generators.items():
+        if name not in state:
+            log.warning(
+                "the checkpoint has no state for the random generator %r (written before it "
+                "existed): it keeps its fresh seed, so the resumed run's draws differ from an "
+                "uninterrupted one",
+                name,
+            )
+            continue
         generator.set_state(state[name])
 
 

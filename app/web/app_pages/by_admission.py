@@ -56,6 +56,7 @@ def ranked(run: views.RunContext) -> views.Ranking:
         k,
         admission.paper_pools[run.label] if paper else None,
         admission.true_positions[run.label],
+        observed=admission.query.observed,
     )
 
 
