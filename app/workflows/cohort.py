@@ -186,7 +186,14 @@ def derived_labels(folder: Path, dataset: DatasetDir, steps: Steps) -> Path:
     folder = Path(folder)
     out = folder / LABELS_FILE
     config = LabelsConfig(mimic_root=folder / "mimic", dataset=dataset.path, out=out)
-    inputs = {"dataset": dataset.sha256(), "policy": [config.uncertainty, config.cxr_labeler]}
+    from symile_clinical.formats.checkpoint import file_sha256
+
+    # The phrase table is data a user may edit: a new one derives the labels again.
+    inputs = {
+        "dataset": dataset.sha256(),
+        "policy": [config.uncertainty, config.cxr_labeler],
+        "phrase_table": file_sha256(config.phrase_table),
+    }
     steps.at(folder).run("labels", inputs, out, lambda: write_labels(config))
     return out
 
