@@ -99,6 +99,57 @@ CANONICAL_ECG_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", 
 ECG_SAMPLING_HZ = 500
 ECG_SAMPLES = 5000
 
+# MIMIC-IV-ECG machine_measurements.csv: the cart's measurements and report statements.
+MACHINE_MEASUREMENTS_FILE = "machine_measurements.csv"
+N_REPORTS = 18
+REPORT_COLUMNS = tuple(f"report_{k}" for k in range(N_REPORTS))
+MEASUREMENT_COLUMNS = (
+    "rr_interval",
+    "p_onset",
+    "p_end",
+    "qrs_onset",
+    "qrs_end",
+    "t_end",
+    "p_axis",
+    "qrs_axis",
+    "t_axis",
+)
+MACHINE_MEASUREMENTS_COLUMNS = (
+    "subject_id",
+    "study_id",
+    "cart_id",
+    "ecg_time",
+    *REPORT_COLUMNS,
+    "bandwidth",
+    "filtering",
+    *MEASUREMENT_COLUMNS,
+)
+# Integer sentinels MIMIC-IV-ECG writes where a measurement is missing.
+NO_WAVE = 29999  # the wave is absent (no P wave in atrial fibrillation)
+NOT_MEASURED = 32767  # the cart could not measure it
+MISSING_SENTINELS = (NO_WAVE, NOT_MEASURED)
+
+# MIMIC-CXR-JPG's report labeler tables: 1.0 positive, 0.0 negative, -1.0 uncertain, blank.
+CHEXPERT_FILE = "mimic-cxr-2.0.0-chexpert.csv.gz"
+NEGBIO_FILE = "mimic-cxr-2.0.0-negbio.csv.gz"
+CHEXPERT_OBSERVATIONS = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Consolidation",
+    "Edema",
+    "Enlarged Cardiomediastinum",
+    "Fracture",
+    "Lung Lesion",
+    "Lung Opacity",
+    "No Finding",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Pneumonia",
+    "Pneumothorax",
+    "Support Devices",
+)
+CHEXPERT_COLUMNS = ("subject_id", "study_id", *CHEXPERT_OBSERVATIONS)
+
 
 @dataclass(frozen=True)
 class MimicRoot:
@@ -130,6 +181,11 @@ def ecg_record_path(subject_id: int, study_id: int) -> str:
 def cxr_image_path(subject_id: int, study_id: int, dicom_id: str, suffix: str = ".dcm") -> str:
     """Relative image path as MIMIC-CXR writes it in cxr-record-list.csv.gz."""
     return f"files/p{str(subject_id)[:2]}/p{subject_id}/s{study_id}/{dicom_id}{suffix}"
+
+
+def report_path(subject_id: int, study_id: int) -> str:
+    """Relative radiology report path as MIMIC-CXR writes it: files/p10/p10000032/s50414267.txt."""
+    return f"files/p{str(subject_id)[:2]}/p{subject_id}/s{study_id}.txt"
 
 
 def relative_to_root(path: Path, root: Path) -> str:

@@ -214,3 +214,18 @@ def test_public_api_resolves_without_loading_torch_for_errors() -> None:
     # preprocessing imports symile_clinical.errors: the package's __init__ must not pull torch.
     code = "import sys, symile_clinical.errors; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_only_the_generator_knows_the_answer_key() -> None:
+    """The product path reads only what a real hospital has: outside preprocessing/synth no
+    module names synth_truth, imports TRUTH_FILE or the oracle labels; and the generator
+    shares only MIMIC's formats (preprocessing.layout) with the label readers, not their code."""
+    for package in PACKAGES:
+        for path in _files(package):
+            if path.is_relative_to(REPO / "preprocessing" / "synth"):
+                used = imported_modules(path)
+                assert not any(m.startswith("preprocessing.label_sources") for m in used), path
+                continue
+            text = path.read_text()
+            assert "synth_truth" not in text and "TRUTH_FILE" not in text, path
+            assert not any("oracle_labels" in m for m in imported_modules(path)), path

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from preprocessing import layout
 from preprocessing.errors import InvalidTable
 from preprocessing.label_sources import chexpert, ecg_statements, lab_flags, radiology_reports
 from symile_clinical.cli import main
@@ -18,7 +19,7 @@ from symile_clinical.errors import EXIT_BAD_INPUT
 # Rows in MIMIC-IV-ECG's machine_measurements layout, with cart phrasing and sentinels.
 MEASUREMENTS = (
     "subject_id,study_id,cart_id,ecg_time,"
-    + ",".join(ecg_statements.REPORT_COLUMNS)
+    + ",".join(layout.REPORT_COLUMNS)
     + ",bandwidth,filtering,rr_interval,p_onset,p_end,qrs_onset,qrs_end,t_end,p_axis,qrs_axis,"
     "t_axis\n"
     "10000032,40689238,6848,2180-07-23 08:44:00,Sinus rhythm,Prolonged PR interval,"
@@ -34,7 +35,7 @@ MEASUREMENTS = (
 
 
 def test_machine_statements_read_through_the_phrase_table(tmp_path: Path) -> None:
-    path = tmp_path / ecg_statements.MACHINE_MEASUREMENTS_FILE
+    path = tmp_path / layout.MACHINE_MEASUREMENTS_FILE
     path.write_text(MEASUREMENTS)
     rules = ecg_statements.load_phrase_table()
     table = ecg_statements.read_machine_measurements(path)
@@ -65,9 +66,9 @@ def test_an_edited_phrase_table_is_used_and_a_bad_one_refused(tmp_path: Path) ->
 
 
 def test_chexpert_rows_with_uncertain_and_blank_values(tmp_path: Path) -> None:
-    path = tmp_path / chexpert.CHEXPERT_FILE
-    header = ",".join(chexpert.CHEXPERT_COLUMNS)
-    row = {o: "" for o in chexpert.CHEXPERT_OBSERVATIONS}
+    path = tmp_path / layout.CHEXPERT_FILE
+    header = ",".join(layout.CHEXPERT_COLUMNS)
+    row = {o: "" for o in layout.CHEXPERT_OBSERVATIONS}
     row |= {"Lung Lesion": "-1.0", "Pleural Effusion": "1.0", "Pneumothorax": "0.0"}
     with gzip.open(path, "wt") as fh:
         fh.write(f"{header}\n10000032,50414267,{','.join(row.values())}\n")
@@ -102,7 +103,7 @@ def test_report_phrases_with_location_negation_and_hedges(tmp_path: Path) -> Non
     assert found["nodule_left_lower"] == -1.0  # hedged
     assert found["nodule_left_upper"] == 0.0
     assert found["consolidation_right_upper"] == 0.0 and found["consolidation"] == 0.0
-    rel = radiology_reports.report_path(10000032, 50414267)
+    rel = layout.report_path(10000032, 50414267)
     assert rel == "files/p10/p10000032/s50414267.txt"
     (tmp_path / rel).parent.mkdir(parents=True)
     (tmp_path / rel).write_text(REPORT)
@@ -198,9 +199,9 @@ def test_labels_command_names_a_missing_file_and_column(cohort, tmp_path: Path) 
         str(tmp_path / "l.csv"),
     ]
     assert main(args) == EXIT_BAD_INPUT  # machine_measurements.csv missing
-    table = pd.read_csv(root / "mimic-iv-ecg" / ecg_statements.MACHINE_MEASUREMENTS_FILE)
+    table = pd.read_csv(root / "mimic-iv-ecg" / layout.MACHINE_MEASUREMENTS_FILE)
     table.drop(columns="report_0").to_csv(
-        broken / "mimic-iv-ecg" / ecg_statements.MACHINE_MEASUREMENTS_FILE, index=False
+        broken / "mimic-iv-ecg" / layout.MACHINE_MEASUREMENTS_FILE, index=False
     )
     with pytest.raises(InvalidTable, match="report_0"):
         from preprocessing.label_sources.derive import LabelsConfig, derive_labels

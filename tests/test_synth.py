@@ -505,29 +505,28 @@ def test_labs_and_ordering_follow_the_state() -> None:
 
 
 def test_label_sources_are_written_in_mimic_layouts(cohort: Path) -> None:
-    from preprocessing.label_sources import chexpert, ecg_statements, radiology_reports
 
     root = layout.MimicRoot(cohort)
-    measurements = pd.read_csv(root.ecg / ecg_statements.MACHINE_MEASUREMENTS_FILE)
-    assert tuple(measurements.columns) == ecg_statements.MACHINE_MEASUREMENTS_COLUMNS
+    measurements = pd.read_csv(root.ecg / layout.MACHINE_MEASUREMENTS_FILE)
+    assert tuple(measurements.columns) == layout.MACHINE_MEASUREMENTS_COLUMNS
     records = _read(cohort, layout.ECG_DIR / layout.ECG_RECORD_LIST_FILE)
     assert set(measurements["study_id"]) == set(records["study_id"])
     truth = _read(cohort, "synth_truth.csv.gz")
     af = measurements.merge(truth, left_on="study_id", right_on="ecg_study_id")
     af = af[af["atrial_fibrillation"] == 1]
-    assert (af["p_onset"] == ecg_statements.NO_WAVE).all()  # no P wave to measure
+    assert (af["p_onset"] == layout.NO_WAVE).all()  # no P wave to measure
     assert measurements["report_0"].notna().all()
-    for name in (chexpert.CHEXPERT_FILE, chexpert.NEGBIO_FILE):
+    for name in (layout.CHEXPERT_FILE, layout.NEGBIO_FILE):
         table = pd.read_csv(root.cxr / name)
-        assert tuple(table.columns) == chexpert.CHEXPERT_COLUMNS
-        values = table[list(chexpert.CHEXPERT_OBSERVATIONS)].to_numpy().ravel()
+        assert tuple(table.columns) == layout.CHEXPERT_COLUMNS
+        values = table[list(layout.CHEXPERT_OBSERVATIONS)].to_numpy().ravel()
         assert set(values[~np.isnan(values)]) <= {1.0, 0.0, -1.0}
         assert set(table["study_id"]) == set(
             _read(cohort, layout.CXR_DIR / "cxr-record-list.csv.gz")["study_id"]
         )
     first = table.iloc[0]
     text = (
-        root.cxr / radiology_reports.report_path(int(first["subject_id"]), int(first["study_id"]))
+        root.cxr / layout.report_path(int(first["subject_id"]), int(first["study_id"]))
     ).read_text()
     assert "FINDINGS:" in text and "IMPRESSION:" in text
 

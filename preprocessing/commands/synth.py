@@ -14,7 +14,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Write DIR/mimic-iv/hosp, DIR/mimic-iv-ecg and DIR/mimic-cxr exactly as the "
             "PhysioNet releases are laid out, plus DIR/CORRUPTED.csv (deliberately broken "
-            "files), DIR/synth_truth.csv.gz (the hidden state of each admission) and "
+            "files), the generator's answer key (the hidden state of each admission, for tests "
+            "and diagnosis only; no other command reads it; docs/preprocessing.md) and "
             "DIR/synth.json. The same seed gives byte-identical files for any --workers."
         ),
     )

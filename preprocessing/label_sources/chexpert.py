@@ -18,27 +18,9 @@ import numpy as np
 import pandas as pd
 
 from preprocessing.label_sources.source_files import read_source
+from preprocessing.layout import CHEXPERT_COLUMNS, CHEXPERT_FILE, CHEXPERT_OBSERVATIONS, NEGBIO_FILE
 
-CHEXPERT_FILE = "mimic-cxr-2.0.0-chexpert.csv.gz"
-NEGBIO_FILE = "mimic-cxr-2.0.0-negbio.csv.gz"
 LABELER_FILES = {"chexpert": CHEXPERT_FILE, "negbio": NEGBIO_FILE}
-CHEXPERT_OBSERVATIONS = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Consolidation",
-    "Edema",
-    "Enlarged Cardiomediastinum",
-    "Fracture",
-    "Lung Lesion",
-    "Lung Opacity",
-    "No Finding",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Pneumonia",
-    "Pneumothorax",
-    "Support Devices",
-)
-CHEXPERT_COLUMNS = ("subject_id", "study_id", *CHEXPERT_OBSERVATIONS)
 UNCERTAINTY_POLICIES = {"ignore": np.nan, "ones": 1.0, "zeros": 0.0}
 
 

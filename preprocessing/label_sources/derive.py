@@ -93,7 +93,7 @@ def derive_labels(config: LabelsConfig) -> pd.DataFrame:
     manifest, window, labs = _manifest(Path(config.dataset))
     rules = ecg_statements.load_phrase_table(Path(config.phrase_table))
 
-    mm_path = find_source([paths.ecg / ecg_statements.MACHINE_MEASUREMENTS_FILE])
+    mm_path = find_source([paths.ecg / layout.MACHINE_MEASUREMENTS_FILE])
     measurements = ecg_statements.read_machine_measurements(mm_path, manifest["ecg_study_id"])
     ecg = ecg_statements.ecg_finding_labels(measurements, manifest["ecg_study_id"], rules)
 

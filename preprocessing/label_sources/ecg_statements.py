@@ -22,35 +22,13 @@ import pandas as pd
 
 from preprocessing.errors import InvalidTable
 from preprocessing.label_sources.source_files import read_source
+from preprocessing.layout import (
+    MACHINE_MEASUREMENTS_COLUMNS,
+    MEASUREMENT_COLUMNS,
+    MISSING_SENTINELS,
+    REPORT_COLUMNS,
+)
 
-MACHINE_MEASUREMENTS_FILE = "machine_measurements.csv"
-N_REPORTS = 18
-REPORT_COLUMNS = tuple(f"report_{k}" for k in range(N_REPORTS))
-MEASUREMENT_COLUMNS = (
-    "rr_interval",
-    "p_onset",
-    "p_end",
-    "qrs_onset",
-    "qrs_end",
-    "t_end",
-    "p_axis",
-    "qrs_axis",
-    "t_axis",
-)
-MACHINE_MEASUREMENTS_COLUMNS = (
-    "subject_id",
-    "study_id",
-    "cart_id",
-    "ecg_time",
-    *REPORT_COLUMNS,
-    "bandwidth",
-    "filtering",
-    *MEASUREMENT_COLUMNS,
-)
-# Integer sentinels MIMIC-IV-ECG writes where a measurement is missing.
-MISSING_SENTINELS = (29999, 32767)
-NO_WAVE = 29999  # the wave is absent (no P wave in atrial fibrillation)
-NOT_MEASURED = 32767  # the cart could not measure it
 PHRASE_TABLE = Path(__file__).with_name("ecg_statements.csv")
 _WORD = "A-Za-z0-9"
 

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from preprocessing.label_sources.chexpert import UNCERTAINTY_POLICIES
+from preprocessing.layout import report_path
 
 POSITIVE, UNCERTAIN, NEGATIVE = 1.0, -1.0, 0.0
 LUNG_ZONES = (
@@ -52,11 +53,6 @@ HEDGE_CUES = (
     r"cannot be excluded|cannot exclude|not excluded|equivocal|versus|vs\.?|concern for)\b"
 )
 _SECTION = re.compile(r"^\s*([A-Z][A-Z /]+):", re.MULTILINE)
-
-
-def report_path(subject_id: int, study_id: int) -> str:
-    """Relative report path as MIMIC-CXR writes it: files/p10/p10000032/s50414267.txt."""
-    return f"files/p{str(subject_id)[:2]}/p{subject_id}/s{study_id}.txt"
 
 
 def report_sections(text: str) -> dict[str, str]:

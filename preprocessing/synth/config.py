@@ -7,6 +7,10 @@ from pathlib import Path
 
 from preprocessing.errors import InvalidSettings
 
+# The generator's answer key: the hidden state of each admission, for tests and diagnosis
+# only; no product command reads it.
+TRUTH_FILE = "synth_truth.csv.gz"
+
 
 @dataclass(frozen=True)
 class SynthConfig:

@@ -23,13 +23,15 @@ from tqdm import tqdm
 from preprocessing import layout
 from preprocessing.errors import SynthError
 from preprocessing.lab_catalog import LAB_ITEMS
-from preprocessing.label_sources.chexpert import CHEXPERT_COLUMNS, CHEXPERT_FILE, NEGBIO_FILE
-from preprocessing.label_sources.ecg_statements import (
+from preprocessing.layout import (
+    CHEXPERT_COLUMNS,
+    CHEXPERT_FILE,
     MACHINE_MEASUREMENTS_COLUMNS,
     MACHINE_MEASUREMENTS_FILE,
+    NEGBIO_FILE,
 )
 from preprocessing.synth import corrupt
-from preprocessing.synth.config import SynthConfig, SynthSummary
+from preprocessing.synth.config import TRUTH_FILE, SynthConfig, SynthSummary
 from preprocessing.synth.patient_records import (
     LAB_ROW_COLUMNS,
     MAX_ADMISSIONS_PER_PATIENT,
@@ -49,7 +51,6 @@ logger = logging.getLogger(__name__)
 
 MARKER_FILE = "synth.json"
 IN_PROGRESS_FILE = ".synth-in-progress"
-TRUTH_FILE = "synth_truth.csv.gz"
 CORRUPTED_FILE = "CORRUPTED.csv"
 PATIENTS_PER_TASK = 16
 ADMISSIONS_PER_PATIENT_P = (0.7, 0.18, 0.08, 0.04)  # 1, 2, 3, 4 admissions

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from preprocessing.label_sources.ecg_statements import (
+from preprocessing.layout import (
     MEASUREMENT_COLUMNS,
     N_REPORTS,
     NO_WAVE,

@@ -25,7 +25,7 @@ import numpy as np
 
 from preprocessing import layout
 from preprocessing.lab_catalog import lab_by_itemid
-from preprocessing.label_sources.radiology_reports import report_path
+from preprocessing.layout import report_path
 from preprocessing.synth import corrupt, dicom_writer, error_rates
 from preprocessing.synth.cxr_phantom import render_chest
 from preprocessing.synth.ecg_waveform import synthesize_ecg_with_beats

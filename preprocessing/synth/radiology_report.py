@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from preprocessing.label_sources.chexpert import CHEXPERT_OBSERVATIONS
+from preprocessing.layout import CHEXPERT_OBSERVATIONS
 from preprocessing.synth import error_rates as er
 from preprocessing.synth.state import AdmissionState
 
