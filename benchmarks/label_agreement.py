@@ -17,6 +17,12 @@ from pathlib import Path
 
 import pandas as pd
 
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from preprocessing.synth.config import TRUTH_FILE  # noqa: E402  (benchmarks may read it)
+
 # derived column (or "a|b": positive if any is 1) -> truth expression on synth_truth rows
 AGREEMENT = {
     "ecg:t_wave_inversion|ecg:anterior_t_changes": ("T inversion V1-V3 (marker 0)", "ecg_bit_0"),
@@ -145,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         check=True,
         capture_output=True,
     )
-    table = agreement_table(pd.read_csv(out), pd.read_csv(root / "synth_truth.csv.gz"))
+    table = agreement_table(pd.read_csv(out), pd.read_csv(root / TRUTH_FILE))
     print(markdown(table))
     return 0
 

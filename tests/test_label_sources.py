@@ -13,6 +13,7 @@ import pytest
 from preprocessing import layout
 from preprocessing.errors import InvalidTable
 from preprocessing.label_sources import chexpert, ecg_statements, lab_flags, radiology_reports
+from preprocessing.label_sources.source_files import finding_name
 from symile_clinical.cli import main
 from symile_clinical.errors import EXIT_BAD_INPUT
 
@@ -124,7 +125,7 @@ def test_lab_direction_from_range_then_flag_then_catalogue() -> None:
     np.testing.assert_array_equal(high[:4], [1, 1, 0, 1])
     np.testing.assert_array_equal(low[:4], [0, 0, 1, 0])
     assert np.isnan(high[4]) and np.isnan(low[4])
-    assert lab_flags.lab_finding_name("Calcium, Total") == "calcium_total"
+    assert finding_name("Calcium, Total") == "calcium_total"
 
 
 @pytest.fixture(scope="module")

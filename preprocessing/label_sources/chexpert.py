@@ -10,23 +10,17 @@ is unknown. "Lung Lesion" has no location: located findings come from the report
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from preprocessing.label_sources.source_files import read_source
+from preprocessing.label_sources.source_files import finding_name, read_source
 from preprocessing.layout import CHEXPERT_COLUMNS, CHEXPERT_FILE, CHEXPERT_OBSERVATIONS, NEGBIO_FILE
 
 LABELER_FILES = {"chexpert": CHEXPERT_FILE, "negbio": NEGBIO_FILE}
 UNCERTAINTY_POLICIES = {"ignore": np.nan, "ones": 1.0, "zeros": 0.0}
-
-
-def observation_name(observation: str) -> str:
-    """`Pleural Effusion` -> `pleural_effusion` (the name inside `cxr:<name>`)."""
-    return re.sub(r"[^a-z0-9]+", "_", observation.lower()).strip("_")
 
 
 def read_chexpert(path: Path, study_ids: Iterable[int] | None = None) -> pd.DataFrame:
@@ -55,5 +49,5 @@ def chexpert_finding_labels(table: pd.DataFrame, study_ids: pd.Series, policy: s
     if present.any():
         rows = indexed.loc[study_ids[present].astype("int64")].to_numpy(dtype=float)
         values[present] = apply_uncertainty(rows, policy)
-    columns = [f"cxr:{observation_name(o)}" for o in CHEXPERT_OBSERVATIONS]
+    columns = [f"cxr:{finding_name(o)}" for o in CHEXPERT_OBSERVATIONS]
     return pd.DataFrame(values, columns=columns, index=study_ids.index)

@@ -16,10 +16,11 @@ from pathlib import Path
 import pandas as pd
 
 from preprocessing import layout
+from preprocessing.cohort import CohortWindows
 from preprocessing.errors import InvalidTable
 from preprocessing.lab_catalog import LAB_ITEMS
 from preprocessing.label_sources import chexpert, ecg_statements, lab_flags, radiology_reports
-from preprocessing.label_sources.source_files import find_source
+from preprocessing.label_sources.source_files import find_source, finding_name
 from preprocessing.mimic_tables import RootPaths
 from symile_clinical.formats.atomic import atomic_path
 from symile_clinical.formats.dataset_dir import DatasetDir
@@ -27,8 +28,8 @@ from symile_clinical.formats.dataset_dir import DatasetDir
 logger = logging.getLogger(__name__)
 MANIFEST_NEEDED = ("subject_id", "hadm_id", "ecg_study_id", "cxr_study_id", "admittime")
 _SPECIMEN_QUALITY = {item.itemid for item in LAB_ITEMS if item.specimen_quality}
-# Hours around admission, for a dataset that does not record its own (the paper's window).
-DEFAULT_LAB_WINDOW_H = (-24.0, 24.0)
+# Hours around admission, for a dataset that does not record its own (the cohort's default).
+DEFAULT_LAB_WINDOW_H = CohortWindows().lab_h
 
 
 @dataclass(frozen=True)
@@ -75,12 +76,12 @@ def _manifest(dataset: Path) -> tuple[pd.DataFrame, tuple[float, float], list[tu
         )
     window = tuple(recorded if recorded is not None else DEFAULT_LAB_WINDOW_H)
     labs = [
-        (int(lab["itemid"]), lab_flags.lab_finding_name(str(lab.get("label", lab["itemid"]))))
+        (int(lab["itemid"]), finding_name(str(lab.get("label", lab["itemid"]))))
         for lab in directory.labs_spec
         if int(lab["itemid"]) not in _SPECIMEN_QUALITY
     ]
     manifest = manifest.sort_values(["split", "row"] if "row" in manifest else "hadm_id")
-    manifest = manifest.reset_index(drop=True)
+    manifest = manifest.drop_duplicates("hadm_id").reset_index(drop=True)
     manifest["admittime"] = pd.to_datetime(manifest["admittime"])
     return manifest, (float(window[0]), float(window[1])), labs
 
@@ -111,10 +112,7 @@ def derive_labels(config: LabelsConfig) -> pd.DataFrame:
     reports = radiology_reports.report_finding_labels(
         paths.cxr, manifest["subject_id"], manifest["cxr_study_id"], config.uncertainty
     )
-    frame = pd.concat(
-        [manifest[["hadm_id"]].astype("int64"), ecg, lab, cxr, reports], axis=1
-    ).drop_duplicates("hadm_id")
-    return frame
+    return pd.concat([manifest[["hadm_id"]].astype("int64"), ecg, lab, cxr, reports], axis=1)
 
 
 def summarise(frame: pd.DataFrame) -> LabelsSummary:

@@ -60,12 +60,8 @@ def load_phrase_table(path: Path = PHRASE_TABLE) -> list[PhraseRule]:
 
 
 def finding_names(rules: Sequence[PhraseRule]) -> list[str]:
-    """Every finding the table can set, in first-appearance order of the file."""
-    names: dict[str, None] = {}
-    for rule in sorted(rules, key=lambda r: r.pattern.pattern):
-        for name in rule.findings:
-            names.setdefault(name, None)
-    return sorted(names)
+    """Every finding the table can set, sorted by name."""
+    return sorted({name for rule in rules for name in rule.findings})
 
 
 def statement_findings(statements: Iterable[str], rules: Sequence[PhraseRule]) -> set[str]:

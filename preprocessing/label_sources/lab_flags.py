@@ -11,7 +11,6 @@ of these is unknown.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -35,11 +34,6 @@ LAB_SOURCE_COLUMNS = (
 )
 CHUNK_ROWS = 1 << 20
 _CATALOGUE = {item.itemid: (item.normal_low, item.normal_high) for item in LAB_ITEMS}
-
-
-def lab_finding_name(label: str) -> str:
-    """`Calcium, Total` -> `calcium_total`: a lab's name inside `labs:high_<name>`."""
-    return re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
 
 
 def read_lab_rows(path: Path, itemids: Iterable[int], subject_ids: Iterable[int]) -> pd.DataFrame:
