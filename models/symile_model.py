@@ -146,17 +146,21 @@ class SymileModel(ThreeModalityModel):
 
 
 def _build(config: ModelConfig) -> ThreeModalityModel:
+    """The encoders' model, then the heads its objective needs (drawn after the encoders)."""
     if config.arch == "symile_mimic_reference":
         from models.reference_mimic import SymileMIMICReference
 
-        return SymileMIMICReference(
+        model: ThreeModalityModel = SymileMIMICReference(
             embed_dim=config.embed_dim,
             n_labs=config.n_labs,
             cxr_size=config.cxr_size,
             logit_scale_init=config.logit_scale_init,
             freeze_logit_scale=config.freeze_logit_scale,
         )
-    return SymileModel(config)
+    else:
+        model = SymileModel(config)
+    _add_heads(model, config)
+    return model
 
 
 def _add_heads(model: ThreeModalityModel, config: ModelConfig) -> None:
@@ -184,12 +188,10 @@ def build_model(
     """
     if seed is None:
         model = _build(config)
-        _add_heads(model, config)
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = _build(config)
-            _add_heads(model, config)
     if cxr_weights is not None:
         if config.arch != "symile_clinical":
             raise WeightsError(

@@ -309,24 +309,22 @@ def summarise_study(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 for r in mine
                 if r["joint_fraction"] == f
             }
-            paired = [
-                value - by_key[(c, s, "clip")]
-                for (c, s, objective), value in by_key.items()
-                if objective == "symile" and (c, s, "clip") in by_key
-            ]
-            if paired:
-                differences[f"{prefix}{f:g}"] = {"start": start, "joint_fraction": f}
-                differences[f"{prefix}{f:g}"] |= mean_ci(paired)
             for other in objectives:
+                if other == "symile":
+                    continue
                 pairs = [
                     value - by_key[(c, s, other)]
                     for (c, s, objective), value in by_key.items()
-                    if objective == "symile" and other != "symile" and (c, s, other) in by_key
+                    if objective == "symile" and (c, s, other) in by_key
                 ]
                 if pairs:
                     key = f"{prefix}{f:g}/{other}"
                     against[key] = {"start": start, "joint_fraction": f, "objective": other}
                     against[key] |= mean_ci(pairs)
+            if f"{prefix}{f:g}/clip" in against:  # the headline pair, keyed by F alone
+                clip = dict(against[f"{prefix}{f:g}/clip"])
+                clip.pop("objective")
+                differences[f"{prefix}{f:g}"] = clip
     return {
         "fractions": fractions,
         "objectives": objectives,

@@ -46,6 +46,7 @@ import torch
 
 from symile_clinical.errors import SymileClinicalError
 from symile_clinical.evaluation.embedding import embed_cxr_pool, embed_queries
+from symile_clinical.evaluation.retrieval import PAIRS_PER_CHUNK
 from symile_clinical.formats.atomic import atomic_directory
 from symile_clinical.formats.dataset_dir import DatasetDir, SplitArrays
 from symile_clinical.formats.run_dir import LoadedRun, RunDir
@@ -75,7 +76,6 @@ METADATA_COLUMNS = (
     "cxr_time",
 )
 # Query-candidate pairs scored at once by a score that is not one matrix product.
-PAIRS_PER_BLOCK = 1 << 22
 
 
 class CandidateIndexError(SymileClinicalError):
@@ -519,7 +519,7 @@ class CandidateIndex:
         def block_scores(block: np.ndarray) -> np.ndarray:
             return self.score_queries(block, queries, labs_missing)
 
-        chunk = max(1, PAIRS_PER_BLOCK // max(n_queries, 1))
+        chunk = max(1, PAIRS_PER_CHUNK // max(n_queries, 1))
         return _top_k_over_blocks(self.embeddings, n_queries, block_scores, k, chunk)
 
     def rank(
