@@ -23,6 +23,7 @@ most --jobs processes (default 2).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -37,13 +38,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from models import LOGIT_SCALE_INIT
+
 log = logging.getLogger("recipe_search")
 
 N_MARKERS = 4
 STATES = ("pneumonia", "hf_exacerbation", "paced", "atrial_fibrillation")
 
-# name -> (preset, TrainConfig overrides, ModelConfig overrides)
-VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+# name -> (preset, TrainConfig overrides, ModelConfig overrides); a preset of None keeps the
+# preset the variants before it in "a+b" chose.
+VARIANTS: dict[str, tuple[str | None, dict[str, Any], dict[str, Any]]] = {
     "symile-demo": ("search-base", {"objective": "symile"}, {}),
     "clip-demo": ("search-base", {"objective": "clip"}, {}),
     "symile": ("search-base", {"objective": "symile"}, {}),
@@ -121,6 +125,19 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "d512": ("search-base", {}, {"embed_dim": 512}),
     "d512s": ("search-base", {}, {"embed_dim": 512, "logit_scale_init": math.log(0.025)}),
     "d2048s": ("search-base", {}, {"embed_dim": 2048, "logit_scale_init": math.log(0.00625)}),
+    # The higher-order objectives start from their demo presets (demo's encoders, epochs and
+    # augmentation on unit vectors); what is searched is the initial logit scale, the one
+    # setting their papers fix for a different scale of score (GRAM and TRIANGLE: CLIP's
+    # 1/0.07 on volumes and areas; Gated Symile: 1 after its d^((M-1)/2) scaling).
+    "gram": ("demo-gram", {}, {}),
+    "triangle": ("demo-triangle", {}, {}),
+    "gated-symile": ("demo-gated-symile", {}, {}),
+    "s0.3": (None, {}, {"logit_scale_init": math.log(0.3)}),
+    "s1": (None, {}, {"logit_scale_init": 0.0}),
+    "s3": (None, {}, {"logit_scale_init": math.log(3.0)}),
+    "s5": (None, {}, {"logit_scale_init": math.log(5.0)}),
+    "s14": (None, {}, {"logit_scale_init": LOGIT_SCALE_INIT}),  # CLIP's 1/0.07
+    "s50": (None, {}, {"logit_scale_init": math.log(50.0)}),
 }
 
 
@@ -134,7 +151,7 @@ def variant_config(name: str, seed: int) -> Any:
         if part not in VARIANTS:
             raise SystemExit(f"unknown variant {part!r}; known: {', '.join(VARIANTS)}")
         p, t, m = VARIANTS[part]
-        preset, train, model = p, {**train, **t}, {**model, **m}
+        preset, train, model = p or preset, {**train, **t}, {**model, **m}
     # The variants spell augmentation amounts as flat augment_* keys, which config_from_dict
     # reads into TrainConfig.augmentation.
     overrides = {**train, "model": model, "seed": seed, "device": "cpu", "preset": name}
@@ -189,11 +206,16 @@ def probes(train_embs: Any, val_embs: Any, objective: str, truth_tr: Any, truth_
             for k in range(N_MARKERS)
         ]
         result[f"{modality}_own_bits"] = float(np.mean(accs))
-    accs = [
-        ridge_probe(q(train_embs), truth_tr[f"cxr_bit_{k}"], q(val_embs), truth_va[f"cxr_bit_{k}"])
-        for k in range(N_MARKERS)
-    ]
-    result["query_cxr_bits"] = float(np.mean(accs))
+    if objective in ("symile", "clip"):
+        accs = [
+            ridge_probe(
+                q(train_embs), truth_tr[f"cxr_bit_{k}"], q(val_embs), truth_va[f"cxr_bit_{k}"]
+            )
+            for k in range(N_MARKERS)
+        ]
+        result["query_cxr_bits"] = float(np.mean(accs))
+    else:  # GRAM's, TRIANGLE's and Gated Symile's scores have no single query vector
+        result["query_cxr_bits"] = float("nan")
     # Whether ECG and labs embeddings carry each finding jointly at all, whatever the score
     # uses: the ECG-bit readout of e combined with the lab-bit readout of l by the marker's
     # own rule (XOR for a joint-only marker, the ECG readout for a pairwise one).
@@ -213,8 +235,24 @@ def probes(train_embs: Any, val_embs: Any, objective: str, truth_tr: Any, truth_
     return result
 
 
-def diagnose_one(cohort: str, variant: str, seed: int, out: str) -> dict[str, Any]:
-    """Train (or reuse) one (cohort, variant, seed) and measure it on val."""
+def start_weights(cohort: Path, start: str) -> Path | None:
+    """The encoder weights a run starts from: none for "random", the cohort's own
+    encoders-own.pt (what `study --pretrain-on own` trains from derived labels) for "own",
+    else the file named."""
+    if start == "random":
+        return None
+    if start == "own":
+        from app.workflows.cohort import OWN_ENCODERS_FILE
+
+        return cohort / OWN_ENCODERS_FILE
+    return Path(start)
+
+
+def diagnose_one(
+    cohort: str, variant: str, seed: int, out: str, start: str = "random"
+) -> dict[str, Any]:
+    """Train (or reuse) one (cohort, variant, seed) from the encoder start and measure it on
+    val."""
     import torch
 
     torch.set_num_threads(1)
@@ -231,24 +269,32 @@ def diagnose_one(cohort: str, variant: str, seed: int, out: str) -> dict[str, An
 
     cohort_path = Path(cohort)
     dataset = DatasetDir(cohort_path / "dataset")
-    run = RunDir(Path(out) / "runs" / cohort_path.name / variant / f"s{seed}")
+    folder = variant if start == "random" else f"{variant}@{Path(start).stem}"
+    run = RunDir(Path(out) / "runs" / cohort_path.name / folder / f"s{seed}")
     result_path = run.path / "diagnosis.json"
     if result_path.exists():
         return json.loads(result_path.read_text())
     config = variant_config(variant, seed)
+    weights = start_weights(cohort_path, start)
+    if weights is not None:
+        if not weights.exists():
+            raise SystemExit(f"{weights}: no such encoder weights file (start {start!r})")
+        config = dataclasses.replace(config, encoder_weights=str(weights))
     tick = time.perf_counter()
     if not run_summary(run):
         train(config, dataset, run, resume=run.has_checkpoint(), progress=False)
     seconds = time.perf_counter() - tick
-    val, masked, objective = split_embeddings(run, dataset, "val")
+    val, masked, score = split_embeddings(run, dataset, "val")
     train_embs, _, _ = split_embeddings(run, dataset, "train")
-    measures = measure_embeddings(val, masked, objective, dataset, "val", seed)
+    measures = measure_embeddings(val, masked, score, dataset, "val", seed)
+    objective = score.objective
     trajectory = logit_scale_trajectory(run)
     result = {
         "cohort": cohort_path.name,
         "variant": variant,
         "seed": seed,
         "objective": objective,
+        "start": start,
         "train_seconds": round(seconds, 1),
         **{f"val_{k}": v for k, v in measures.summary().items()},
         "probes": probes(
@@ -319,7 +365,14 @@ def choose_recipes(results: list[dict[str, Any]]) -> dict[str, str]:
     return chosen
 
 
-def run_grid(cohorts: list[str], variants: list[str], seeds: list[int], out: str, jobs: int):
+def run_grid(
+    cohorts: list[str],
+    variants: list[str],
+    seeds: list[int],
+    out: str,
+    jobs: int,
+    start: str = "random",
+):
     """Every (cohort, variant, seed), `jobs` processes at once; prints one line each."""
     import multiprocessing
 
@@ -328,7 +381,7 @@ def run_grid(cohorts: list[str], variants: list[str], seeds: list[int], out: str
     context = multiprocessing.get_context("spawn")
     results = []
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        futures = [pool.submit(diagnose_one, c, v, s, out) for c, v, s in tasks]
+        futures = [pool.submit(diagnose_one, c, v, s, out, start) for c, v, s in tasks]
         for future in futures:
             result = future.result()
             results.append(result)
@@ -346,13 +399,19 @@ def main() -> None:
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--out", default="recipe-search")
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument(
+        "--start",
+        default="random",
+        help="encoder start: random, own (each cohort's encoders-own.pt, pretrained on its "
+        "derived labels by the study) or a weights file",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     cohorts = args.cohorts.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     print(f"uptime: {os.popen('uptime').read().strip()}", flush=True)
     variants = args.variants.split(",") if args.variants else list(SEARCH_VARIANTS)
-    results = run_grid(cohorts, variants, seeds, args.out, args.jobs)
+    results = run_grid(cohorts, variants, seeds, args.out, args.jobs, args.start)
     if args.mode == "search":
         for objective, chosen in choose_recipes(results).items():
             print(f"{objective}: {chosen}", flush=True)

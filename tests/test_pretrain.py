@@ -131,3 +131,47 @@ def test_the_synthetic_cohorts_findings_are_its_marker_bits(tmp_path: Path) -> N
     assert (labels["cxr:nodule_zone_2"] == truth["cxr_bit_2"]).all()
     written = write_finding_labels(root, tmp_path / "out" / "labels.csv")
     pd.testing.assert_frame_equal(pd.read_csv(written), labels)
+
+    from benchmarks.label_ablation import oracle_without_mg_ca
+
+    ablated = oracle_without_mg_ca(pd.read_csv(written))
+    assert ablated.shape[1] == labels.shape[1] - 2
+    assert "labs:high_magnesium" not in ablated and "labs:high_calcium" not in ablated
+    assert (ablated["labs:high_eosinophils"] == truth["lab_bit_0"]).all()
+
+
+def test_the_derived_marker_ablation_keeps_only_the_marker_findings(tmp_path: Path) -> None:
+    """benchmarks/label_ablation.py: derived labels cut to the findings naming the markers."""
+    from benchmarks.label_ablation import derived_markers
+    from benchmarks.label_ablation import main as ablation_main
+
+    derived = tmp_path / "labels.csv"
+    derived.write_text(
+        "hadm_id,ecg:t_wave_inversion,ecg:sinus_rhythm,labs:high_magnesium,labs:low_magnesium,"
+        "cxr:nodule_right_upper,cxr:cardiomegaly\n"
+        "20000001,1,1,,0,1,0\n20000002,0,1,1,0,,1\n"
+    )
+    oracle = tmp_path / "oracle.csv"
+    oracle.write_text(
+        "hadm_id,ecg:long_pr,labs:high_magnesium,labs:high_calcium,cxr:nodule_zone_0\n"
+        "20000001,1,0,1,1\n"
+    )
+    kept = derived_markers(pd.read_csv(derived))
+    assert list(kept.columns) == [
+        "hadm_id",
+        "ecg:t_wave_inversion",
+        "labs:high_magnesium",
+        "cxr:nodule_right_upper",
+    ]
+    ablation_main(
+        ["--derived", str(derived), "--oracle", str(oracle), "--out", str(tmp_path / "out")]
+    )
+    written = pd.read_csv(tmp_path / "out" / "derived-markers.csv")
+    assert written["labs:high_magnesium"].isna().tolist() == [True, False]  # blanks stay blank
+    assert list(pd.read_csv(tmp_path / "out" / "oracle-no-mg-ca.csv").columns) == [
+        "hadm_id",
+        "ecg:long_pr",
+        "cxr:nodule_zone_0",
+    ]
+    with pytest.raises(ValueError, match="none of the marker findings"):
+        derived_markers(pd.DataFrame({"hadm_id": [1], "ecg:sinus_rhythm": [1]}))
