@@ -4,8 +4,9 @@ symile_clinical/formats/run_config.py's.
 
 Presets: `demo` (Symile's recipe for a CPU), `demo-clip` (CLIP's), both chosen on validation
 by benchmarks/recipe_search.py; `demo-gram`, `demo-triangle`, `demo-gated-symile` (the same
-size, started from `demo`, not yet chosen on validation); `paper` (the reference's
-Symile-MIMIC regime, for a GPU); `search-base` (where the recipe search starts).
+size, started from `demo`, their initial scale chosen on validation by the same search);
+`paper` (the reference's Symile-MIMIC regime, for a GPU); `search-base` (where the recipe
+search starts).
 
 A config file is TOML with TrainConfig's fields at the top level, ModelConfig's in a
 [model] table and Augmentation's in an [augmentation] table (older recipes' flat
@@ -28,7 +29,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from models import LOGIT_SCALE_INIT, ModelConfig
+from models import ModelConfig
 from symile_clinical.formats.run_config import (
     Augmentation,
     ConfigError,
@@ -147,25 +148,26 @@ def _demo_on_unit_vectors(preset: str, objective: str, logit_scale_init: float) 
 
 
 def demo_gram_config() -> TrainConfig:
-    """GRAM's demo recipe, started from `demo` and NOT yet chosen on validation: demo's
-    encoders, epochs and augmentation, unit vectors, CLIP's initial scale (volumes lie in
-    [0, 1], like cosines) and the data-anchor matching head of 256 hidden units."""
-    return _demo_on_unit_vectors("demo-gram", "gram", LOGIT_SCALE_INIT)
+    """GRAM's recipe for the demo and the study, chosen on validation (docs/study.md): demo's
+    encoders, epochs and augmentation, unit vectors, initial scale 50 (of 5, 14.3 = CLIP's,
+    50 and 100: volumes lie in [0, 1], and the paper's 1/0.07 was 3 points lower) and the
+    data-anchor matching head of 256 hidden units."""
+    return _demo_on_unit_vectors("demo-gram", "gram", math.log(50.0))
 
 
 def demo_triangle_config() -> TrainConfig:
-    """TRIANGLE's demo recipe, started from `demo` and NOT yet chosen on validation: demo's
-    encoders, epochs and augmentation, unit vectors and CLIP's initial scale (areas lie in
-    [0, 3 sqrt(3) / 4], of the order of cosines)."""
-    return _demo_on_unit_vectors("demo-triangle", "triangle", LOGIT_SCALE_INIT)
+    """TRIANGLE's recipe for the demo and the study, chosen on validation (docs/study.md):
+    demo's encoders, epochs and augmentation, unit vectors and initial scale 100, the clamp
+    (of 5, 14.3 = CLIP's, 50 and 100; areas lie in [0, 3 sqrt(3) / 4])."""
+    return _demo_on_unit_vectors("demo-triangle", "triangle", math.log(100.0))
 
 
 def demo_gated_symile_config() -> TrainConfig:
-    """Gated Symile's demo recipe, started from `demo` and NOT yet chosen on validation:
-    demo's encoders, epochs and augmentation, unit vectors, initial scale 1 (the paper's
-    d^((M-1)/2) variance scaling already puts the gated MIP of unrelated rows at unit
-    spread) and a gate of key width 64."""
-    return _demo_on_unit_vectors("demo-gated-symile", "gated-symile", 0.0)
+    """Gated Symile's recipe for the demo and the study, chosen on validation (docs/study.md):
+    demo's encoders, epochs and augmentation, unit vectors, initial scale 0.3 (of 0.1, 0.3,
+    1 and 3; the paper's d^((M-1)/2) scaling already spreads the gated MIP of unrelated rows
+    to unit variance) and a gate of key width 64."""
+    return _demo_on_unit_vectors("demo-gated-symile", "gated-symile", math.log(0.3))
 
 
 def paper_config() -> TrainConfig:
