@@ -20,6 +20,7 @@ import torch
 
 from preprocessing.labs import approximate_value
 from symile_clinical.evaluation.embedding import EmbeddingModel, embed_ecg, embed_labs
+from symile_clinical.formats.dataset_dir import no_lab_observed
 from symile_clinical.objective.scores import (
     ObjectiveScore,
     labs_missing_flags,
@@ -70,7 +71,7 @@ def rank_candidates(
 
 def labs_all_missing(observed: np.ndarray) -> bool:
     """Whether a query's observed flags [L] (1 = observed) show no lab at all."""
-    return bool(np.asarray(observed).sum() == 0)
+    return bool(no_lab_observed(observed))
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ def masked_lab_queries(
         ecg_rows,
         labs_emb.astype(np.float32),
         score,
-        labs_missing=observed.sum(axis=1) == 0,
+        labs_missing=no_lab_observed(observed),
     )
 
 

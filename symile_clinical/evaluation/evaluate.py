@@ -358,7 +358,7 @@ def evaluate_run(
     log.info("embedding %s split (%d rows) with %s", arrays.split, len(arrays), name)
     embeddings = embed_for_evaluation(loaded, arrays, fill, config.batch_size, config.device)
     score = objective_score(loaded.objective, loaded.model)
-    labs_missing = np.asarray(arrays.labs_observed).sum(axis=1) == 0
+    labs_missing = arrays.labs_missing
     ecg, cxr = embeddings.ecg, embeddings.cxr
     ranks = rank_queries(
         score, ecg, embeddings.labs, cxr, sets, config.seed, labs_missing=labs_missing

@@ -54,6 +54,12 @@ def _take(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return array[rows[order]][back]
 
 
+def no_lab_observed(observed: np.ndarray) -> np.ndarray:
+    """Whether each row of observed flags [..., L] (1 = observed) has no lab at all: the rows
+    Gated Symile sends to its NULL option and evaluation counts as labs-missing."""
+    return np.asarray(observed).sum(axis=-1) == 0
+
+
 class SplitArrays:
     """One split's four arrays, memory-mapped read-only; checks shapes and dtypes agree.
 
@@ -95,6 +101,11 @@ class SplitArrays:
             raise DatasetError(folder, f"labs and labs_observed differ: {self.shapes()}")
         if self.cxr.shape[1] != 1 or self.cxr.shape[2] != self.cxr.shape[3]:
             raise DatasetError(folder / "cxr.npy", f"[N, 1, S, S] expected, got {self.cxr.shape}")
+
+    @property
+    def labs_missing(self) -> np.ndarray:
+        """[N] bool: rows with no observed lab (`no_lab_observed`)."""
+        return no_lab_observed(self.labs_observed)
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         """Each array's shape, by name."""

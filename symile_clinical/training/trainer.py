@@ -727,7 +727,7 @@ class Trainer:
             self.channels_last,
         )
         score = objective_score(config.objective, self.model)
-        labs_missing = np.asarray(self.val_arrays.labs_observed).sum(axis=1) == 0
+        labs_missing = self.val_arrays.labs_missing
         return retrieval_accuracy(
             embeddings, self.val_candidates, score, config.seed, labs_missing=labs_missing
         )
