@@ -60,6 +60,7 @@ def test_quick_study_writes_every_cell_and_the_report(quick_study: dict) -> None
         assert files[name].exists() and files[name].stat().st_size > 0
     assert files["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     markdown = files["markdown"].read_text()
+    assert markdown.startswith("# Symile vs CLIP on synthetic cohorts by joint fraction")
     assert "Symile - CLIP" in markdown and "labs' gain" in markdown
     assert "<table" in files["html"].read_text()
     for result in quick_study["results"]:
@@ -328,6 +329,9 @@ def test_every_objective_in_one_study_with_paired_differences_against_symile(
     assert gram["mean"] == pytest.approx(top1["symile"] - top1["gram"])
     markdown = study["files"]["markdown"].read_text()
     assert "Symile - each other objective" in markdown and "gated-symile" in markdown
+    assert markdown.startswith(
+        "# Symile vs CLIP, GRAM, TRIANGLE and Gated Symile on synthetic cohorts by joint fraction"
+    )
 
 
 def test_study_objectives_option_refuses_an_unknown_objective(tmp_path: Path) -> None:

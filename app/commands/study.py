@@ -26,11 +26,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `study` subcommand."""
     parser = subparsers.add_parser(
         "study",
-        help="Symile vs CLIP across joint fractions: cohorts, multi-seed training, report",
+        help="Symile vs CLIP (and --objectives) across joint fractions: cohorts, training, report",
         description=(
             "Generate synthetic cohorts at each joint fraction (several cohort seeds), train "
-            "Symile and CLIP with their own recipes for several seeds, measure each once on "
-            "the test split, and write OUT/report/ (markdown, HTML, PNG). Resumable."
+            "each objective (Symile and CLIP unless --objectives) with its own recipe for "
+            "several seeds, measure each once on the test split, and write OUT/report/ "
+            "(markdown, HTML, PNG). Resumable."
         ),
     )
     parser.add_argument("--out", type=Path, default=Path("study"), help="output folder")

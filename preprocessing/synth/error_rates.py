@@ -38,8 +38,8 @@ NODULE_MISSED = 0.19
 # --- Report labelers against radiologists' reading of the report ----------------------
 # Irvin et al., AAAI 2019 (CheXpert), Table 1: the CheXpert labeler on 1000 reports, F1 of
 # mention extraction, negation and uncertainty detection per observation (transcribed from
-# memory and not yet checked against the PDF; see docs/labels.md). Applied as P(mention found), P(negation read right), P(uncertainty read
-# right).
+# memory and not yet checked against the PDF; see docs/labels.md). Applied as P(mention
+# found), P(negation read right), P(uncertainty read right).
 CHEXPERT_F1 = {
     "Atelectasis": (0.998, 0.833, 0.936),
     "Cardiomegaly": (0.973, 0.909, 0.727),

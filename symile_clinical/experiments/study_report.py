@@ -47,6 +47,25 @@ def plot_accuracy_vs_fraction(summary: dict[str, Any]) -> bytes:
     return figure_to_png(figure)
 
 
+OBJECTIVE_NAMES = {
+    "symile": "Symile",
+    "clip": "CLIP",
+    "gram": "GRAM",
+    "triangle": "TRIANGLE",
+    "gated-symile": "Gated Symile",
+}
+
+
+def study_title(summary: dict[str, Any]) -> str:
+    """The objectives measured, Symile first: "Symile vs CLIP", "Symile vs CLIP and GRAM"."""
+    names = [OBJECTIVE_NAMES.get(o, o) for o in summary["objectives"]]
+    if len(names) < 2:
+        return "".join(names)
+    others = names[1:]
+    listed = others[0] if len(others) == 1 else ", ".join(others[:-1]) + " and " + others[-1]
+    return f"{names[0]} vs {listed}"
+
+
 def write_study_report(out: str | Path, summary: dict[str, Any], command: str) -> dict[str, Path]:
     """OUT/report/: summary.json, report.md, report.html (PNG inlined), accuracy_vs_F.png."""
     import base64
@@ -61,8 +80,9 @@ def write_study_report(out: str | Path, summary: dict[str, Any], command: str) -
     folder = Path(out) / "report"
     png = plot_accuracy_vs_fraction(summary)
     tables = report_tables(summary)
+    title = f"{study_title(summary)} on synthetic cohorts by joint fraction"
     lines = [
-        "# Symile vs CLIP on synthetic cohorts by joint fraction",
+        f"# {title}",
         "",
         f"Command: `{command}`",
         "",
@@ -75,8 +95,8 @@ def write_study_report(out: str | Path, summary: dict[str, Any], command: str) -
         lines.append("")
     lines += ["![accuracy vs F](accuracy_vs_F.png)", ""]
     parts = [
-        "<!doctype html><meta charset='utf-8'><title>Symile vs CLIP study</title>",
-        "<h1>Symile vs CLIP on synthetic cohorts by joint fraction</h1>",
+        f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        f"<h1>{html.escape(title)}</h1>",
         f"<p>Command: <code>{html.escape(command)}</code>; {summary['n_runs']} runs.</p>",
     ]
     for title, header, rows in tables:
