@@ -124,6 +124,20 @@ def test_figure_3_shape_and_outputs(tmp_path: Path) -> None:
     assert payload["config"]["n_train"] == 2000
 
 
+def test_a_gram_volume_learns_what_only_a_and_c_together_carry(tmp_path: Path) -> None:
+    """GRAM's -volume is a function of the three pairwise cosines, yet its Gram determinant
+    holds their product, a three-way term: it learns b = a XOR c (seed 0: 1.000; docs/study.md
+    has 5 seeds). TRIANGLE, trained the same way, is scored on the same test set."""
+    out = tmp_path / "xor"
+    argv = ["reproduce-xor", "--out", str(out), "--p", "0", "1", "--bootstrap", "100"]
+    assert main([*argv, "--objectives", "gram,triangle"]) == 0
+    rows = json.loads((out / RESULTS_JSON).read_text())["rows"]
+    acc = {(r["objective"], r["p"]): r["accuracy"] for r in rows}
+    assert set(acc) == {(o, p) for o in ("gram", "triangle") for p in (0.0, 1.0)}
+    assert acc["gram", 1.0] > 0.97
+    assert 0.44 < acc["gram", 0.0] < 0.56 and 0.44 < acc["triangle", 0.0] < 0.56
+
+
 def test_results_are_reproducible_from_the_seed() -> None:
     config = XorConfig(
         p_values=(1.0,),

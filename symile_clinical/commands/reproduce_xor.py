@@ -39,6 +39,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--negatives", choices=("n", "n_squared"), default="n", help="Symile negatives"
     )
+    parser.add_argument(
+        "--objectives",
+        default="symile,clip",
+        help="comma-separated, of symile,clip,gram,triangle (default symile,clip)",
+    )
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -66,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         config = XorConfig(
             out_dir=args.out,
             p_values=tuple(args.p),
+            objectives=tuple(o.strip() for o in args.objectives.split(",") if o.strip()),
             input_dim=args.input_dim,
             embed_dim=args.embed_dim,
             lr=args.lr,

@@ -9,8 +9,10 @@ Whatever p, b is independent of a and independent of c, so no pairwise statistic
 information about b; but given both a and c, b = a XOR c whenever i = 1 and c differs from
 a, so the conditional information I(b; c | a) grows with p. Three affine encoders map a, b,
 c to L2-normalised representations in R^d (d = 16 in the paper), trained with Symile or
-with pairwise CLIP; the task is zero-shot prediction of b from (a, c): score each of the
-2^d_v possible b vectors (MIP for Symile, sum of dot products for CLIP) and take the best.
+with pairwise CLIP (and, optionally, GRAM's volume or TRIANGLE's area: whether a score that is
+a function of the three pairwise cosines can learn b from (a, c) at all); the task is
+zero-shot prediction of b from (a, c): score each of the 2^d_v possible b vectors (MIP for
+Symile, sum of dot products for CLIP, -volume, -area) and take the best.
 
 Expected (and tested): at p = 1 Symile is near 1.0 and CLIP near chance (0.5 for d_v = 1);
 at p = 0 both are at chance. The best any predictor can do is p + (1 - p) 2^-d_v: when c
@@ -22,6 +24,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,12 +45,17 @@ from symile_clinical.evaluation.report import (
     write_text_atomic,
 )
 from symile_clinical.evaluation.retrieval import top1_correct, true_item_ranks
+from symile_clinical.objective.gram import gram_loss
 from symile_clinical.objective.losses import clip_loss, symile_loss
-from symile_clinical.objective.similarity import score_fn
+from symile_clinical.objective.scores import objective_score
+from symile_clinical.objective.triangle import triangle_loss
 
 log = logging.getLogger(__name__)
 
-OBJECTIVES = ("symile", "clip")
+OBJECTIVES = ("symile", "clip", "gram", "triangle")
+# GRAM's and TRIANGLE's scores (-volume, -area) lie in [-1, 0] and [-1.3, 0]: they start from
+# their papers' temperature 0.07, not the XOR script's exp(-0.3) made for Symile's MIP.
+SCALE_INIT = {"gram": math.log(1 / 0.07), "triangle": math.log(1 / 0.07)}
 RESULTS_JSON = "xor_results.json"
 RESULTS_CSV = "xor_results.csv"
 RESULTS_MD = "xor_results.md"
@@ -61,7 +69,7 @@ class XorConfig:
 
     out_dir: Path | None = None
     p_values: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
-    objectives: tuple[str, ...] = OBJECTIVES
+    objectives: tuple[str, ...] = ("symile", "clip")  # any of OBJECTIVES
     input_dim: int = 1  # d_v: bits per vector; chance is 2^-d_v
     embed_dim: int = 16  # d of the representations
     n_train: int = 2000
@@ -167,12 +175,35 @@ def _tensor(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(x.astype(np.float32))
 
 
+def xor_loss(
+    objective: str,
+    embeddings: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    scale: torch.Tensor,
+    negatives: str,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """The objective's loss of (a, b, c) embeddings. GRAM and TRIANGLE take b, the modality
+    retrieved, as the anchor against the data pair (a, c), as the study takes the CXR; GRAM's
+    data-anchor matching term needs a matching head and is left out here."""
+    a, b, c = embeddings
+    if objective == "symile":
+        return symile_loss(embeddings, scale, negatives, generator)
+    if objective == "clip":
+        return clip_loss(embeddings, scale)
+    if objective == "gram":
+        return gram_loss([a, c, b], scale)
+    if objective == "triangle":
+        return triangle_loss([a, c, b], scale)
+    raise ValueError(f"unknown objective {objective!r}; expected one of {OBJECTIVES}")
+
+
 def train_encoders(objective: str, data: XorData, config: XorConfig, seed: int) -> XorEncoders:
-    """Train XorEncoders with Symile or pairwise CLIP (AdamW, full passes, drop_last)."""
+    """Train XorEncoders with the objective's loss (AdamW, full passes, drop_last)."""
     # nn.Linear draws its init from the global generator; fork_rng keeps the caller's state.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = XorEncoders(config.input_dim, config.embed_dim, config.logit_scale_init)
+        scale_init = SCALE_INIT.get(objective, config.logit_scale_init)
+        model = XorEncoders(config.input_dim, config.embed_dim, scale_init)
     generator = torch.Generator().manual_seed(seed)
     optimiser = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
@@ -186,10 +217,7 @@ def train_encoders(objective: str, data: XorData, config: XorConfig, seed: int) 
             rows = order[start : start + config.batch_size]
             embeddings = model(a[rows], b[rows], c[rows])
             scale = model.logit_scale.exp()
-            if objective == "symile":
-                loss = symile_loss(embeddings, scale, config.negatives, generator)
-            else:
-                loss = clip_loss(embeddings, scale)
+            loss = xor_loss(objective, embeddings, scale, config.negatives, generator)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -207,7 +235,7 @@ def zero_shot_correct(
     """
     candidates = model.encode_b(_tensor(all_binary_vectors(data.b.shape[1])))
     queries = [model.encode_a(_tensor(data.a)), model.encode_c(_tensor(data.c))]
-    scores = score_fn(objective)(candidates, queries).numpy()
+    scores = objective_score(objective)(candidates, queries).numpy()
     return top1_correct(true_item_ranks(scores, binary_index(data.b), rng))
 
 
@@ -247,7 +275,7 @@ def single_threaded_torch() -> Iterator[None]:
 def run_xor_experiment(config: XorConfig) -> list[XorRow]:
     """Train and evaluate every (objective, p); write the table and plot when out_dir is set.
 
-    For each p both objectives see the same training and test samples.
+    For each p every objective sees the same training and test samples.
     """
     with single_threaded_torch():
         rows = _run_all(config)
@@ -324,7 +352,7 @@ def plot_xor(rows: list[XorRow]) -> bytes:
     """Accuracy against p per objective with 95% CI bars, chance and best-possible lines."""
     figure = Figure(figsize=(5.2, 3.8))
     ax = figure.add_subplot()
-    colours = {"symile": "#1f77b4", "clip": "#d62728"}
+    colours = {"symile": "#1f77b4", "clip": "#d62728", "gram": "#2ca02c", "triangle": "#9467bd"}
     for objective in dict.fromkeys(r.objective for r in rows):
         mine = [r for r in rows if r.objective == objective]
         p = np.array([r.p for r in mine])
