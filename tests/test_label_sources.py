@@ -232,3 +232,43 @@ def test_a_dataset_without_its_lab_window_is_read_in_the_assumed_one(
     assert str(older) in caplog.text and "assumed window (-24, 24) h" in caplog.text
     recorded = derive_labels(LabelsConfig(mimic_root=root, dataset=dataset, out=tmp_path / "m"))
     pd.testing.assert_frame_equal(labels, recorded)
+
+
+_TRUTH_OPENS: list[str] = []
+_WATCHING: list[str] = []  # the answer key's file name while a test watches
+_HOOKED: list[bool] = []  # an audit hook cannot be removed: add it once per process
+
+
+def _record_truth_opens(event: str, args: tuple) -> None:
+    if event == "open" and _WATCHING and args and _WATCHING[0] in str(args[0]):
+        _TRUTH_OPENS.append(str(args[0]))
+
+
+def test_preprocess_and_labels_never_open_the_answer_key_even_when_present(
+    tmp_path: Path,
+) -> None:
+    """The deleted-key cohort above proves the product does not need synth_truth; this one
+    proves it does not read it when it is there: every file open is audited."""
+    import sys
+
+    from preprocessing.synth import SynthConfig, generate_cohort
+    from preprocessing.synth.generate import TRUTH_FILE
+
+    root, dataset = tmp_path / "mimic", tmp_path / "dataset"
+    generate_cohort(SynthConfig(out=root, admissions=48, seed=3, cxr_max_size=48, progress=False))
+    assert (root / TRUTH_FILE).exists()
+    if not _HOOKED:
+        sys.addaudithook(_record_truth_opens)
+        _HOOKED.append(True)
+    _TRUTH_OPENS.clear()
+    _WATCHING[:] = [TRUTH_FILE]
+    try:
+        preprocess = ["preprocess", "--mimic-root", str(root), "--out", str(dataset)]
+        assert main([*preprocess, "--cxr-size", "16", "--candidates", "4", "--no-progress"]) == 0
+        labels = ["labels", "--mimic-root", str(root), "--dataset", str(dataset)]
+        assert main([*labels, "--out", str(tmp_path / "labels.csv")]) == 0
+        assert _TRUTH_OPENS == []
+        (root / TRUTH_FILE).open("rb").close()  # the hook does see a read of the key
+        assert [str(root / TRUTH_FILE)] == _TRUTH_OPENS
+    finally:
+        _WATCHING.clear()
