@@ -332,6 +332,8 @@ def test_every_objective_in_one_study_with_paired_differences_against_symile(
     assert markdown.startswith(
         "# Symile vs CLIP, GRAM, TRIANGLE and Gated Symile on synthetic cohorts by joint fraction"
     )
+    page = study["files"]["html"].read_text()
+    assert "<h1>Symile vs CLIP, GRAM, TRIANGLE and Gated Symile on synthetic" in page
 
 
 def test_study_objectives_option_refuses_an_unknown_objective(tmp_path: Path) -> None:

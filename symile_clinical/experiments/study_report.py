@@ -89,8 +89,8 @@ def write_study_report(out: str | Path, summary: dict[str, Any], command: str) -
         f"{summary['n_runs']} runs.",
         "",
     ]
-    for title, header, rows in tables:
-        lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for heading, header, rows in tables:
+        lines += [f"## {heading}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
         lines.append("")
     lines += ["![accuracy vs F](accuracy_vs_F.png)", ""]
@@ -99,8 +99,8 @@ def write_study_report(out: str | Path, summary: dict[str, Any], command: str) -
         f"<h1>{html.escape(title)}</h1>",
         f"<p>Command: <code>{html.escape(command)}</code>; {summary['n_runs']} runs.</p>",
     ]
-    for title, header, rows in tables:
-        parts.append(f"<h2>{html.escape(title)}</h2><table border='1' cellpadding='4'>")
+    for heading, header, rows in tables:
+        parts.append(f"<h2>{html.escape(heading)}</h2><table border='1' cellpadding='4'>")
         parts.append("<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
         parts += [
             "<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>" for row in rows

@@ -24,7 +24,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,6 +36,7 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
 
+from models import LOGIT_SCALE_INIT
 from symile_clinical.evaluation.bootstrap import bootstrap_mean, bootstrap_means
 from symile_clinical.evaluation.report import (
     figure_to_png,
@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 OBJECTIVES = ("symile", "clip", "gram", "triangle")
 # GRAM's and TRIANGLE's scores (-volume, -area) lie in [-1, 0] and [-1.3, 0]: they start from
 # their papers' temperature 0.07, not the XOR script's exp(-0.3) made for Symile's MIP.
-SCALE_INIT = {"gram": math.log(1 / 0.07), "triangle": math.log(1 / 0.07)}
+SCALE_INIT = {"gram": LOGIT_SCALE_INIT, "triangle": LOGIT_SCALE_INIT}
 RESULTS_JSON = "xor_results.json"
 RESULTS_CSV = "xor_results.csv"
 RESULTS_MD = "xor_results.md"

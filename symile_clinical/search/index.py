@@ -75,7 +75,6 @@ METADATA_COLUMNS = (
     "cxr_path",
     "cxr_time",
 )
-# Query-candidate pairs scored at once by a score that is not one matrix product.
 
 
 class CandidateIndexError(SymileClinicalError):
